@@ -1,0 +1,1 @@
+"""Generation, reconstruction and cost metrics for trained latent diffusion models."""

@@ -1,0 +1,67 @@
+"""Every final metric the suite logs, with its direction, so sweeps and reports agree on names."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Direction = Literal["minimize", "maximize"]
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    name: str
+    direction: Direction
+    label: str
+    unit: str = ""
+
+    @property
+    def arrow(self) -> str:
+        return "↓" if self.direction == "minimize" else "↑"
+
+
+def _generation(extractor: str) -> list[MetricInfo]:
+    return [
+        MetricInfo(f"fid_{extractor}", "minimize", f"FID ({extractor})"),
+        MetricInfo(f"kid_{extractor}", "minimize", f"KID ({extractor})"),
+        MetricInfo(f"kid_{extractor}_std", "minimize", f"KID std ({extractor})"),
+        MetricInfo(f"precision_{extractor}", "maximize", f"Precision ({extractor})"),
+        MetricInfo(f"recall_{extractor}", "maximize", f"Recall ({extractor})"),
+        MetricInfo(f"is_{extractor}", "maximize", f"IS ({extractor})"),
+        MetricInfo(f"is_{extractor}_std", "minimize", f"IS std ({extractor})"),
+        MetricInfo(f"rfid_{extractor}", "minimize", f"rFID ({extractor})"),
+    ]
+
+
+CATALOG: dict[str, MetricInfo] = {
+    m.name: m
+    for m in [
+        *_generation("inception"),
+        *_generation("domain"),
+        MetricInfo("cond_accuracy", "maximize", "Cond. accuracy", "%"),
+        MetricInfo("psnr", "maximize", "PSNR", "dB"),
+        MetricInfo("ssim", "maximize", "SSIM"),
+        MetricInfo("mse", "minimize", "MSE"),
+        MetricInfo("bpp", "minimize", "Bits/pixel", "bit"),
+        MetricInfo("latent_ratio", "minimize", "Latent size ratio"),
+        MetricInfo("perplexity", "maximize", "Codebook perplexity"),
+        MetricInfo("codebook_usage", "maximize", "Codebook usage", "%"),
+        MetricInfo("params_first_stage", "minimize", "Params first stage", "M"),
+        MetricInfo("params_unet", "minimize", "Params UNet", "M"),
+        MetricInfo("params_cond", "minimize", "Params cond. encoder", "M"),
+        MetricInfo("unet_gflops", "minimize", "UNet GFLOPs"),
+        MetricInfo("sample_images_per_s", "maximize", "Sampling", "img/s"),
+        MetricInfo("train_images_per_s", "maximize", "Training", "img/s"),
+        MetricInfo("peak_memory_mb", "minimize", "Peak memory", "MB"),
+        MetricInfo("train_hours", "minimize", "Training time", "device-h"),
+        MetricInfo("val_loss", "minimize", "Val. loss"),
+    ]
+}
+
+
+def metric_info(name: str) -> MetricInfo:
+    """Look up a metric; guidance-sweep metrics `g<scale>/<metric>` share the base metric's info."""
+    base = name.split("/", 1)[1] if name.startswith("g") and "/" in name else name
+    if base not in CATALOG:
+        raise KeyError(name)
+    return CATALOG[base]

@@ -1,0 +1,1 @@
+"""Typer commands of the `ldm` package (mounted by `ldm_cli.main`)."""

@@ -1,0 +1,20 @@
+"""Options shared by every command that takes an experiment config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ldm.config import ExperimentConfig, load_config
+
+ConfigOption = typer.Option(None, "--config", "-c", help="Experiment YAML file.")
+PresetOption = typer.Option(None, "--preset", "-p", help="Named preset (see `ldm config presets`); default tiny.")
+OverrideOption = typer.Option(
+    [], "--override", "-o", help="Dotted override, repeatable: -o autoencoder.f=8 -o diffusion.schedule=cosine"
+)
+
+
+def resolve_config(config: Optional[Path], preset: Optional[str], overrides: list[str]) -> ExperimentConfig:
+    return load_config(config, preset, overrides)

@@ -1,0 +1,1 @@
+"""The `ldm` command line: the one place that knows every package."""

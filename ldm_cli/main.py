@@ -1,0 +1,48 @@
+"""Root typer app: mounts each package's own commands and turns user errors into one-line messages."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+from typer.core import TyperGroup
+
+from ldm.commands import config as config_cmd
+from ldm.commands import data as data_cmd
+from ldm.errors import UserError
+from ldm.paths import WORKDIR_ENV
+
+
+class _FriendlyErrors(TyperGroup):
+    """A `UserError` anywhere below becomes `Error: <message>` on stderr and exit code 1, no traceback."""
+
+    def invoke(self, ctx):  # type: ignore[no-untyped-def]
+        try:
+            return super().invoke(ctx)
+        except UserError as e:
+            typer.echo(f"Error: {e}", err=True)
+            raise typer.Exit(code=1) from None
+
+
+app = typer.Typer(
+    cls=_FriendlyErrors,
+    help="Latent Diffusion Model ablations: configs, data, training, evaluation, sweeps and reports.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+
+
+@app.callback()
+def _root(
+    workdir: Optional[Path] = typer.Option(
+        None, "--workdir", envvar=WORKDIR_ENV, help="Output folder for everything generated (default ./outputs)."
+    ),
+) -> None:
+    if workdir is not None:
+        os.environ[WORKDIR_ENV] = str(workdir)
+
+
+app.add_typer(config_cmd.app, name="config")
+app.add_typer(data_cmd.app, name="data")
