@@ -60,8 +60,8 @@ CATALOG: dict[str, MetricInfo] = {
 
 
 def metric_info(name: str) -> MetricInfo:
-    """Look up a metric; guidance-sweep metrics `g<scale>/<metric>` share the base metric's info."""
-    base = name.split("/", 1)[1] if name.startswith("g") and "/" in name else name
+    """Look up a metric; sweep variants `g<scale>/<metric>` and `ddim<K>/<metric>` share the base's info."""
+    base = name.rsplit("/", 1)[-1]
     if base not in CATALOG:
         raise KeyError(name)
     return CATALOG[base]

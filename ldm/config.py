@@ -174,6 +174,9 @@ class EvaluationConfig(Section):
     kid_subset_size: int = Field(100, ge=2)
     batch_size: int = Field(100, ge=1)
     guidance_scales: list[float] = Field(default_factory=list, description="extra scales for a guidance sweep")
+    ddim_steps: list[int] = Field(default_factory=list, description="extra DDIM step counts for FID vs speed")
+    fid_every: int | None = Field(None, ge=1, description="diffusion steps between intermediate FIDs")
+    fid_every_samples: int = Field(200, ge=2, description="samples per intermediate FID")
     inception_weights: Path | None = Field(None, description="torch-fidelity inception-v3-compat weights file")
     seed: int = 0
 
