@@ -1,0 +1,102 @@
+"""ExperimentConfig: round-trips, overrides, hashing and every validation message."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ldm.config import ExperimentConfig, build_config, load_config, preset_dict, preset_names
+from ldm.errors import ConfigError
+
+
+def test_defaults_validate_and_presets_load() -> None:
+    ExperimentConfig()
+    assert {"tiny", "mnist", "shapes", "paper-f4"} <= set(preset_names())
+    for name in preset_names():
+        cfg = load_config(preset=name)
+        assert cfg.name == name
+
+
+def test_yaml_round_trip(tmp_path: Path) -> None:
+    cfg = load_config(preset="shapes", overrides=["autoencoder.f=8", "diffusion.schedule=cosine"])
+    path = tmp_path / "c.yaml"
+    cfg.save(path)
+    again = load_config(path)
+    assert again == cfg
+    assert again.config_hash() == cfg.config_hash()
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_overrides_parse_yaml_values() -> None:
+    cfg = load_config(preset="mnist", overrides=["autoencoder.f=8", "autoencoder.channel_mult=[1, 2]", "diffusion.min_snr_gamma=5",
+                                 "training.autoencoder.ema_decay=null", "diffusion.zero_terminal_snr=true"])
+    assert cfg.autoencoder.f == 8
+    assert cfg.autoencoder.channel_mult == [1, 2]
+    assert cfg.diffusion.min_snr_gamma == 5.0
+    assert cfg.training.autoencoder.ema_decay is None
+    assert cfg.diffusion.zero_terminal_snr is True
+
+
+def test_hash_ignores_paths_tracking_and_name_but_not_semantics() -> None:
+    base = load_config()
+    same = load_config(overrides=["data.root=/elsewhere", "tracking.enabled=false", "name=other",
+                                  "training.num_workers=4", "data.download=true"])
+    assert same.config_hash() == base.config_hash()
+    different = load_config(overrides=["diffusion.schedule=cosine"])
+    assert different.config_hash() != base.config_hash()
+    # the first stage does not depend on the diffusion settings, only on data + autoencoder + its training
+    assert different.first_stage_hash() == base.first_stage_hash()
+    assert load_config(overrides=["autoencoder.latent_channels=8"]).first_stage_hash() != base.first_stage_hash()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["autoencoder.f=3"], "autoencoder.f=3 is not a power of two; allowed: 1, 2, 4, 8"),
+        (["autoencoder.f=16"], "autoencoder.f=16 is too large for data.resolution=32"),
+        (["data.resolution=24", "autoencoder.f=8"], "allowed f: 1, 2"),
+        (["autoencoder.latent_channels=0"], "autoencoder.latent_channels=0"),
+        (["autoencoder.regularizer=vq", "autoencoder.codebook_size=1"],
+         "autoencoder.codebook_size=1 is too small; allowed: >= 2"),
+        (["diffusion.conditioning=concat"],
+         "diffusion.conditioning='concat' needs a mask per image, but dataset 'mnist' provides: caption, label"),
+        (["data.name=celeba", "diffusion.conditioning=class"],
+         "needs a label per image, but dataset 'celeba' provides: images only"),
+        (["diffusion.schedule=quadratic"],
+         "diffusion.schedule='quadratic' is not allowed; allowed: 'linear', 'scaled_linear', 'cosine' or 'sigmoid'"),
+        (["diffusion.prediction=x0"], "diffusion.prediction='x0' is not allowed"),
+        (["autoencoder.bogus=1"], "unknown field 'autoencoder.bogus'"),
+        (["diffusion.beta_start=0.1", "diffusion.beta_end=0.01"], "diffusion.beta_start=0.1 must be below"),
+        (["evaluation.num_samples=10", "evaluation.kid_subset_size=20"], "evaluation.kid_subset_size=20 exceeds"),
+        (["oops"], "override 'oops' is not of the form section.field=value"),
+        (["autoencoder.f.x=1"], "'f' is a value, not a section"),
+    ],
+)
+def test_validation_messages(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(preset="mnist", overrides=overrides)
+    assert message in str(err.value)
+
+
+def test_conditioning_allowed_where_dataset_provides_it() -> None:
+    assert load_config(preset="shapes", overrides=["diffusion.conditioning=concat"]).diffusion.conditioning == "concat"
+    assert load_config(preset="mnist", overrides=["diffusion.conditioning=class"]).diffusion.conditioning == "class"
+
+
+def test_file_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="unknown preset 'nope'; allowed: mnist"):
+        preset_dict("nope")
+    with pytest.raises(ConfigError, match="either a config file or a preset"):
+        load_config(bad, preset="tiny")
+
+
+def test_build_config_does_not_mutate_base() -> None:
+    base = yaml.safe_load(ExperimentConfig().to_yaml())
+    build_config(base, ["autoencoder.f=8"])
+    assert base["autoencoder"]["f"] == 4
