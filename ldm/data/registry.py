@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, get_args
 
-from ldm.config import DataConfig, Split
+from pydantic import ValidationError
+
+from ldm.config import DataConfig, DatasetName, Section, Split, apply_override, format_validation_error
+from ldm.errors import ConfigError
+
+if TYPE_CHECKING:
+    from ldm.data.base import ImageDataset
 
 # What each dataset's items carry besides `image` (used to validate the conditioning type).
 PROVIDES: dict[str, frozenset[str]] = {
@@ -25,3 +35,75 @@ def dataset_provides(cfg: DataConfig) -> frozenset[str]:
     if root is not None and (root / "captions.csv").is_file():
         provides.add("caption")
     return frozenset(provides)
+
+
+def build_dataset(cfg: DataConfig, split: Split, workdir: Path) -> ImageDataset:
+    """One split of the configured dataset; items follow the `ImageDataset` contract."""
+    if split not in get_args(Split):
+        raise ConfigError(f"split '{split}' is not allowed; allowed: {', '.join(get_args(Split))}")
+    return _families()[cfg.name].build(cfg, split, Path(workdir))
+
+
+def data_config(name: str, overrides: Sequence[str] = ()) -> DataConfig:
+    """The data section for dataset `name` plus `data.*` overrides, as the `ldm data` commands see it."""
+    names = get_args(DatasetName)
+    if name not in names:
+        raise ConfigError(f"unknown dataset '{name}'; allowed: {', '.join(names)}")
+    raw: dict[str, Any] = {"data": {"name": name}}
+    for override in overrides:
+        if not override.startswith("data."):
+            raise ConfigError(f"override '{override}' does not apply to a dataset; only data.* fields do, "
+                              "e.g. -o data.root=DIR")
+        apply_override(raw, override)
+    try:
+        return _DataSection.model_validate(raw).data
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e)) from None
+
+
+@dataclass(frozen=True)
+class DatasetStatus:
+    """What `ldm data list` shows for one dataset."""
+
+    name: str
+    provides: frozenset[str]
+    offline: bool
+    detail: str
+
+
+def dataset_statuses(workdir: Path) -> list[DatasetStatus]:
+    """Every dataset, what its items carry, and whether it loads without internet (default data location)."""
+    statuses = []
+    for name, family in _families().items():
+        cfg = DataConfig(name=name)
+        offline, detail = family.offline_status(cfg, workdir)
+        statuses.append(DatasetStatus(name, dataset_provides(cfg), offline, detail))
+    return statuses
+
+
+class _DataSection(Section):
+    """Only the data section, so validation messages name fields `data.<field>`."""
+
+    data: DataConfig
+
+
+@dataclass(frozen=True)
+class _Family:
+    build: Callable[[DataConfig, Split, Path], ImageDataset]
+    offline_status: Callable[[DataConfig, Path], tuple[bool, str]]
+
+
+def _families() -> dict[str, _Family]:
+    # Imported here: config validation imports this module (dataset_provides) and should not pay for torch.
+    from ldm.data import folder, mnist, shapes
+    from ldm.data import torchvision_sets as tv
+
+    return {
+        "mnist": _Family(mnist.build_mnist, mnist.offline_status),
+        "shapes": _Family(shapes.build_shapes, shapes.offline_status),
+        "fashion-mnist": _Family(partial(tv.build_photo_set, "fashion-mnist"),
+                                 partial(tv.offline_status, "fashion-mnist")),
+        "cifar10": _Family(partial(tv.build_photo_set, "cifar10"), partial(tv.offline_status, "cifar10")),
+        "celeba": _Family(tv.build_celeba, partial(tv.offline_status, "celeba")),
+        "folder": _Family(folder.build_folder, folder.offline_status),
+    }

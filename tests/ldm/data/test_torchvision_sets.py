@@ -1,0 +1,72 @@
+"""torchvision datasets offline: the missing-files message, a tiny Fashion-MNIST in idx files, lazy images."""
+
+import re
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ldm.config import DataConfig
+from ldm.data.registry import build_dataset
+from ldm.data.torchvision_sets import PHOTO_CLASSES, LazyImageDataset
+from ldm.errors import DataError
+
+
+@pytest.mark.parametrize(("name", "folder", "title"), [
+    ("fashion-mnist", "FashionMNIST/raw", "Fashion-MNIST"),
+    ("cifar10", "cifar-10-batches-py", "CIFAR-10"),
+    ("celeba", "celeba", "CelebA"),
+])
+def test_missing_files_say_where_and_how(tmp_path: Path, name: str, folder: str, title: str) -> None:
+    with pytest.raises(DataError) as error:
+        build_dataset(DataConfig(name=name), "train", tmp_path)
+    message = str(error.value)
+    assert f"{title} files not found in '{tmp_path / 'data' / folder}'" in message
+    assert "-o data.download=true" in message and "copy the files there" in message
+    root = tmp_path / "elsewhere"
+    with pytest.raises(DataError, match=re.escape(str(root / folder))):
+        build_dataset(DataConfig(name=name, root=root), "test", tmp_path)
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    """The big-endian idx format of the (Fashion-)MNIST files: magic (uint8, ndim), sizes, data."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = struct.pack(">I", 0x0800 | array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def test_fashion_mnist_from_idx_files(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    raw = tmp_path / "data" / "FashionMNIST" / "raw"
+    train_labels, test_labels = np.arange(20) % 10, np.array([9, 8, 0, 5])
+    _write_idx(raw / "train-images-idx3-ubyte", rng.integers(0, 256, (20, 28, 28)))
+    _write_idx(raw / "train-labels-idx1-ubyte", train_labels)
+    test_images = rng.integers(0, 256, (4, 28, 28))
+    _write_idx(raw / "t10k-images-idx3-ubyte", test_images)
+    _write_idx(raw / "t10k-labels-idx1-ubyte", test_labels)
+
+    cfg = DataConfig(name="fashion-mnist", resolution=28, val_fraction=0.2)
+    train, val, test = (build_dataset(cfg, split, tmp_path) for split in ("train", "val", "test"))
+    assert (len(train), len(val), len(test)) == (16, 4, 4)
+    assert sorted(torch.cat([train.labels, val.labels]).tolist()) == sorted(train_labels.tolist())
+    assert test.labels.tolist() == test_labels.tolist()
+    assert torch.equal(test.images[:, 0], torch.from_numpy(test_images.astype(np.uint8)))
+    assert test.captions == ["a photo of an ankle boot", "a photo of a bag", "a photo of a t-shirt/top",
+                             "a photo of a sandal"]
+    assert test.class_names == PHOTO_CLASSES["fashion-mnist"] and test.provides == {"label", "caption"}
+    assert test[0]["image"].shape == (1, 28, 28)
+
+
+def test_lazy_images_are_fitted_per_item() -> None:
+    red = Image.new("RGB", (30, 20), (255, 0, 0))
+    gray = Image.new("L", (40, 20), 200)
+    dataset = LazyImageDataset([(red, None), (gray, None)], torch.tensor([1, 0]), resolution=10, channels=1)
+    assert dataset.provides == frozenset() and dataset.num_classes == 0 and dataset.labels is None
+    assert len(dataset) == 2 and set(dataset[0]) == {"image"}
+    assert dataset[0]["image"].shape == (1, 10, 10)
+    assert torch.allclose(dataset[0]["image"], torch.full((1, 10, 10), 200 / 127.5 - 1))
+    # Red becomes its luma, 0.299 * 255 = 76.
+    assert torch.equal(dataset.uint8_image(1), torch.full((1, 10, 10), 76, dtype=torch.uint8))
