@@ -7,8 +7,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-
-import torch
+from typing import Any
 
 
 @contextlib.contextmanager
@@ -20,6 +19,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        # mkstemp creates files 0600; give the result the permissions a plain open() would have
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -31,11 +32,21 @@ def atomic_write_text(path: Path, text: str) -> None:
         tmp.write_text(text)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_torch_save(obj: object, path: Path) -> None:
+    import torch
+
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
 
 
-def load_checkpoint(path: Path) -> dict:
+def load_checkpoint(path: Path) -> dict[str, Any]:
     """Load a checkpoint safely (tensors and plain containers only)."""
+    import torch
+
     return torch.load(Path(path), map_location="cpu", weights_only=True)

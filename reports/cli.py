@@ -1,0 +1,35 @@
+"""`ldm report`: build a study's report and print where it is, plus its overall table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ldm.paths import default_tracking_uri, resolve_workdir
+
+
+def report(
+    study: Annotated[str, typer.Argument(help="Study name (its MLflow experiment).")],
+    out: Annotated[Path | None, typer.Option(help="Report folder; default <workdir>/reports/<study>.")] = None,
+    format: Annotated[str, typer.Option("--format", help="Comma-separated: md, tex, csv, html.")] = "md,tex,csv,html",
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow tracking URI; default the sqlite store under <workdir>/mlflow.")
+    ] = None,
+) -> None:
+    """Paper-style tables, figures and an index (Markdown and HTML) from a study's MLflow runs."""
+    from reports.build import build_report, parse_formats
+
+    workdir = resolve_workdir()
+    summary = build_report(
+        study,
+        out or workdir / "reports" / study,
+        parse_formats(format),
+        tracking_uri=tracking_uri or default_tracking_uri(workdir),
+    )
+    typer.echo(f"Report index: {summary.index}")
+    if summary.html_index is not None:
+        typer.echo(f"HTML index: {summary.html_index}")
+    typer.echo(f"{len(summary.figures)} figures, {len(summary.skipped)} skipped for lack of data (see the index)\n")
+    typer.echo(summary.overall_markdown)

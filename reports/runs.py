@@ -1,0 +1,230 @@
+"""One study's MLflow runs as pandas: the parent run, trials by state, swept factors, histories and artifacts."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, get_args
+
+import mlflow
+import pandas as pd
+from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
+from mlflow.tracking import MlflowClient
+
+from evaluation.metric_catalog import CATALOG
+from ldm.config import ExperimentConfig
+from ldm.errors import UserError
+from ldm.tracking import flatten
+
+ROLE_TAG = "ldm.role"
+TRIAL_NUMBER_TAG = "ldm.trial_number"
+FAIL_REASON_TAG = "ldm.fail_reason"
+MISSING_VALUE = "n/a"
+
+TrialState = Literal["finished", "failed", "pruned", "running"]
+TRIAL_STATES: tuple[TrialState, ...] = get_args(TrialState)
+# The sweep closes pruned trials as KILLED; only finished trials enter aggregates.
+STATE_OF_STATUS: dict[str, TrialState] = {
+    "FINISHED": "finished", "FAILED": "failed", "KILLED": "pruned", "RUNNING": "running", "SCHEDULED": "running",
+}
+
+# Readable row labels for the factors of the LDM ablations, in the order tables list them.
+FACTOR_LABELS: dict[str, str] = {
+    "autoencoder.f": "f",
+    "autoencoder.latent_channels": "c",
+    "autoencoder.regularizer": "regulariser",
+    "diffusion.schedule": "schedule",
+    "diffusion.prediction": "prediction",
+    "diffusion.conditioning": "conditioning",
+    "diffusion.sampling.guidance_scale": "guidance",
+}
+
+
+# Sweep variants of a catalog metric: `ddim<K>/<metric>` and `g<scale>/<metric>` (docs/architecture.md).
+SWEEP_VARIANT = re.compile(r"^(?P<kind>ddim|g)(?P<value>\d+(?:\.\d+)?)/(?P<metric>.+)$")
+
+
+def catalog_base(name: str) -> str | None:
+    """The catalog metric behind a logged name (itself or a sweep variant's base); None for training curves."""
+    match = SWEEP_VARIANT.match(name)
+    base = match["metric"] if match else name
+    return base if base in CATALOG else None
+
+
+def param_column(name: str) -> str:
+    return f"params.{name}"
+
+
+def metric_column(name: str) -> str:
+    return f"metrics.{name}"
+
+
+def tag_column(name: str) -> str:
+    return f"tags.{name}"
+
+
+def factor_label(param: str) -> str:
+    """Short name of a swept config field (`autoencoder.f` -> `f`); other fields keep their dotted name."""
+    return FACTOR_LABELS.get(param, param)
+
+
+def is_seed(param: str) -> bool:
+    """Seeds make replicates of a configuration, never a configuration of their own."""
+    last = param.rsplit(".", 1)[-1]
+    return last == "seed" or last.endswith("_seed")
+
+
+def _non_semantic_params() -> frozenset[str]:
+    """Config fields that never change results (paths, tracking, worker counts), so they are never factors."""
+    cfg = ExperimentConfig()
+    return frozenset(flatten(cfg.model_dump(mode="json"))) - frozenset(flatten(cfg.semantic_dict()))
+
+
+NON_FACTOR_PARAMS = _non_semantic_params()
+
+
+def ordered_values(values: Iterable[str]) -> list[str]:
+    """Distinct values, numerically when all are numbers (f = 1, 2, 4, 16 rather than 1, 16, 2, 4)."""
+    distinct = list(dict.fromkeys(values))
+    try:
+        return sorted(distinct, key=float)
+    except ValueError:
+        return sorted(distinct)
+
+
+def configuration_label(values: Mapping[str, str]) -> str:
+    """`f=4, schedule=cosine` from swept param -> value; `all runs` when nothing is swept."""
+    return ", ".join(f"{factor_label(p)}={v}" for p, v in values.items()) or "all runs"
+
+
+def column_or_missing(frame: pd.DataFrame, column: str) -> pd.Series:
+    """A column of `search_runs` output; all-missing when no run logged it (MLflow omits such columns)."""
+    if column in frame.columns:
+        return frame[column]
+    return pd.Series(pd.NA, index=frame.index, dtype="object")
+
+
+@dataclass(frozen=True)
+class StudyRuns:
+    """The runs of one study: `trials` has `search_runs` columns plus `state` (see `STATE_OF_STATUS`)."""
+
+    name: str
+    parent: pd.Series
+    trials: pd.DataFrame
+    factors: tuple[str, ...]
+    client: MlflowClient = field(repr=False)
+
+    @functools.cached_property
+    def finished(self) -> pd.DataFrame:
+        return self.in_state("finished")
+
+    def in_state(self, state: TrialState) -> pd.DataFrame:
+        return self.trials[self.trials["state"] == state]
+
+    def state_counts(self) -> dict[TrialState, int]:
+        return {state: int((self.trials["state"] == state).sum()) for state in TRIAL_STATES}
+
+    def metric_names(self) -> list[str]:
+        """Metrics that at least one finished trial logged, sorted by name."""
+        finished = self.finished
+        return sorted(c.removeprefix("metrics.") for c in finished.columns
+                      if c.startswith("metrics.") and finished[c].notna().any())
+
+    def metric(self, name: str) -> pd.Series:
+        """The final value of a metric per finished trial (NaN where a trial did not log it)."""
+        return pd.to_numeric(column_or_missing(self.finished, metric_column(name)), errors="coerce")
+
+    def tag_values(self, tag: str) -> list[str]:
+        """Distinct values of a tag over the parent and all trials, in first-seen order."""
+        values = [self.parent.get(tag_column(tag)), *column_or_missing(self.trials, tag_column(tag))]
+        return list(dict.fromkeys(v for v in values if isinstance(v, str)))
+
+    def parent_params(self) -> dict[str, str]:
+        return {k.removeprefix("params."): v for k, v in self.parent.items()
+                if k.startswith("params.") and isinstance(v, str)}
+
+    def history(self, run_id: str, key: str) -> pd.DataFrame:
+        """Every logged value of a step metric (`step`, `value`); a re-logged step keeps its latest value."""
+        points = sorted(self.client.get_metric_history(run_id, key), key=lambda m: m.timestamp)
+        frame = pd.DataFrame({"step": [m.step for m in points], "value": [m.value for m in points]})
+        return frame.drop_duplicates("step", keep="last").sort_values("step", ignore_index=True)
+
+    def download_artifact(self, run_id: str, path: str, dst: Path) -> Path | None:
+        """Copy a run's artifact under `dst`; None when the run has no such artifact."""
+        folder, _, name = path.rpartition("/")
+        listed = {Path(a.path).name for a in self.client.list_artifacts(run_id, folder or None)}
+        if name not in listed:
+            return None
+        dst.mkdir(parents=True, exist_ok=True)
+        with _environment(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name, "false"):
+            return Path(self.client.download_artifacts(run_id, path, str(dst)))
+
+    def log_folder(self, folder: Path, artifact_path: str) -> None:
+        """Log a local folder's files to the parent run under `artifact_path`."""
+        self.client.log_artifacts(self.parent["run_id"], str(folder), artifact_path)
+
+
+@contextlib.contextmanager
+def _environment(name: str, value: str) -> Iterator[None]:
+    """Set an environment variable for a block (MLflow would draw a progress bar per downloaded file)."""
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
+
+
+@contextlib.contextmanager
+def _global_tracking_uri(uri: str) -> Iterator[None]:
+    """`mlflow.search_runs` reads the global tracking URI: set it for the call and restore it afterwards."""
+    previous = mlflow.get_tracking_uri() if mlflow.tracking.is_tracking_uri_set() else None
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+def swept_factors(finished: pd.DataFrame) -> tuple[str, ...]:
+    """Params that take more than one value across finished trials, minus seeds and non-semantic fields."""
+    swept = [c.removeprefix("params.") for c in finished.columns
+             if c.startswith("params.") and finished[c].nunique(dropna=False) > 1]
+    factors = [p for p in swept if not is_seed(p) and p not in NON_FACTOR_PARAMS]
+    known = list(FACTOR_LABELS)
+    return tuple(sorted(factors, key=lambda p: (known.index(p) if p in known else len(known), p)))
+
+
+def load_study(study: str, tracking_uri: str) -> StudyRuns:
+    """Read a study (an MLflow experiment) with `mlflow.search_runs`; UserError names the studies that exist."""
+    sqlite_file = tracking_uri.removeprefix("sqlite:///") if tracking_uri.startswith("sqlite:///") else None
+    if sqlite_file is not None and not Path(sqlite_file).is_file():
+        # MLflow would silently create an empty store there
+        raise UserError(f"no MLflow store at {tracking_uri}; run a sweep first or pass the store's tracking URI")
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiment = client.get_experiment_by_name(study)
+    if experiment is None or experiment.lifecycle_stage != "active":
+        names = sorted(e.name for e in client.search_experiments())
+        raise UserError(f"unknown study '{study}' in {tracking_uri}; studies there: {', '.join(names) or 'none'}")
+    with _global_tracking_uri(tracking_uri):
+        runs = mlflow.search_runs(experiment_ids=[experiment.experiment_id])
+    roles = column_or_missing(runs, tag_column(ROLE_TAG))
+    parents = runs[roles == "study"]
+    if parents.empty:
+        raise UserError(f"study '{study}' has no parent run (tag {ROLE_TAG}=study); was it started by `ldm sweep`?")
+    trials = runs[roles == "trial"].assign(state=lambda d: d["status"].map(STATE_OF_STATUS).fillna("running"))
+    number = pd.to_numeric(column_or_missing(trials, tag_column(TRIAL_NUMBER_TAG)), errors="coerce")
+    trials = trials.loc[number.sort_values(na_position="last", kind="stable").index]
+    factors = swept_factors(trials[trials["state"] == "finished"])
+    trials = trials.assign(**{param_column(p): column_or_missing(trials, param_column(p)).fillna(MISSING_VALUE)
+                              for p in factors})
+    # search_runs lists the newest run first: a resumed study reports into its latest parent.
+    return StudyRuns(study, parents.iloc[0], trials.reset_index(drop=True), factors, client)

@@ -1,0 +1,216 @@
+"""A synthetic MLflow store written with the suite's conventions (docs/architecture.md), for the report tests.
+
+Study FULL: f in {1, 4, 8} x schedule in {linear, cosine} x seeds {0, 1}, finished, with every final metric,
+intermediate FIDs, DDIM and guidance variants and a samples.png each; plus one FAILED, one KILLED (pruned)
+and one RUNNING trial whose (bad) metrics must stay out of every aggregate. The parent run stays RUNNING.
+Study SPARSE: latent channels c in {3, 4} x two seeds with only fid_domain, psnr and val_loss, so that
+every figure lacks data. Study EMPTY: a parent run without trials.
+Tests reach the constants through the fixture object (tests run with --import-mode=importlib, which
+makes a helper module unimportable by name).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from ldm.config import build_config
+from ldm.tracking import flatten
+from reports.build import ReportSummary, build_report
+
+
+@dataclass(frozen=True)
+class SyntheticStore:
+    FULL_STUDY: ClassVar[str] = "toy-ablation"
+    SPARSE_STUDY: ClassVar[str] = "toy-sparse"
+    EMPTY_STUDY: ClassVar[str] = "toy-empty"
+    F_VALUES: ClassVar[tuple[int, ...]] = (1, 4, 8)
+    SCHEDULES: ClassVar[tuple[str, ...]] = ("linear", "cosine")
+    SEEDS: ClassVar[tuple[int, ...]] = (0, 1)
+    FID_STEPS: ClassVar[tuple[int, ...]] = (100, 200, 300)
+    DDIM_STEPS: ClassVar[tuple[int, ...]] = (10, 50)
+    GUIDANCE_SCALES: ClassVar[tuple[float, ...]] = (1.0, 3.0, 5.0)
+    NUM_SAMPLES: ClassVar[str] = "500"
+    EXTRACTOR_WEIGHTS: ClassVar[str] = "domain_classifier mnist (99% acc) sha256:0123abcd"
+    GIT_COMMIT: ClassVar[str] = "abc1234"
+    DEVICE: ClassVar[str] = "cpu (2 cores, synthetic)"
+    FAIL_REASON: ClassVar[str] = "RuntimeError: out of memory at diffusion step 12 <&>"
+    PRUNE_REASON: ClassVar[str] = "pruned at step 200: fid_domain 500.0 above the median"
+    SPEC_YAML: ClassVar[str] = "name: toy-ablation\nsampler: grid\nsearch_space:\n  autoencoder.f: [1, 4, 8]\n"
+    # Metrics of the failed, pruned and running trials: far from every finished value, so a leak shows.
+    LEAKED: ClassVar[float] = 999.0
+
+    tracking_uri: str
+    root: Path
+    finished: pd.DataFrame  # FULL's finished trials: f, schedule, seed, run_id and every final metric logged
+    parent_run_ids: dict[str, str]
+    other_run_ids: dict[str, str]  # "failed", "pruned", "running" -> run id (FULL)
+
+    @staticmethod
+    def final_metrics(f: int, latent_channels: int, schedule: str, seed: int) -> dict[str, float]:
+        """Made-up but plausible values with seed noise, so that std and best cells are non-trivial."""
+        rng = np.random.default_rng([f, latent_channels, SyntheticStore.SCHEDULES.index(schedule), seed])
+        fid = 20 + 4 * abs(math.log2(f) - 2.5) + (3.0 if schedule == "linear" else 0.0) + rng.normal(0, 1)
+        metrics = {
+            "fid_domain": fid,
+            "is_domain": 8.0 - fid / 10 + rng.normal(0, 0.1),
+            "kid_domain": fid / 1000 + rng.normal(0, 1e-4),
+            "precision_domain": 0.9 - fid / 200,
+            "recall_domain": 0.5 + rng.normal(0, 0.02),
+            "cond_accuracy": 95 - fid / 2,
+            "psnr": 40 - 4 * math.log2(f) + rng.normal(0, 0.2),
+            "rfid_domain": 1 + math.log2(f) ** 2 + rng.normal(0, 0.1),
+            "bpp": 8.0 * latent_channels / f**2,
+            "params_unet": 1.234 + 0.1 * math.log2(f),
+            "unet_gflops": 5.0 / f**2,
+            "train_images_per_s": 400 * f + rng.normal(0, 5),
+            "sample_images_per_s": 30 * f + rng.normal(0, 1),
+            "train_hours": 0.02 / f,
+            "val_loss": 0.1 + (0.01 if schedule == "linear" else 0.0) + rng.normal(0, 0.002),
+        }
+        for k in SyntheticStore.DDIM_STEPS:
+            metrics[f"ddim{k}/fid_domain"] = fid + 50 / k
+            metrics[f"ddim{k}/sample_images_per_s"] = 30 * f * 50 / k
+        for w in SyntheticStore.GUIDANCE_SCALES:
+            metrics[f"g{w}/fid_domain"] = fid + 0.5 * (w - 2.5) ** 2
+            metrics[f"g{w}/is_domain"] = metrics["is_domain"] + w
+            metrics[f"g{w}/cond_accuracy"] = metrics["cond_accuracy"] + 2 * w
+        return metrics
+
+
+S = SyntheticStore
+
+
+class _StudyWriter:
+    """Writes one study the way `sweeps` does: a parent run and nested trial runs."""
+
+    def __init__(self, client: MlflowClient, root: Path, study: str, spec: bool) -> None:
+        self.client, self.root, self.study = client, root, study
+        self.experiment_id = client.create_experiment(study, artifact_location=(root / "artifacts" / study).as_uri())
+        parent = client.create_run(self.experiment_id, run_name=study, tags={
+            "ldm.role": "study", "ldm.study": study, "ldm.git_commit": S.GIT_COMMIT, "ldm.device": S.DEVICE})
+        self.parent_id = parent.info.run_id
+        self.trials = 0
+        if spec:
+            client.log_batch(self.parent_id, params=[Param("spec.sampler", "grid"), Param("spec.seeds", "0,1")])
+            path = root / "spec" / study / "spec.yaml"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(S.SPEC_YAML)
+            client.log_artifact(self.parent_id, str(path))
+
+    def trial(self, overrides: list[str], seed: int, steps: dict[str, dict[int, float]],
+              final: dict[str, float], tags: dict[str, str] | None = None, samples: bool = False) -> str:
+        """One child run: every resolved config field as a param, step metrics, final metrics at the last step."""
+        number = self.trials
+        self.trials += 1
+        cfg = build_config({}, [*overrides, f"training.seed={seed}", f"name={self.study}-trial{number}"])
+        run = self.client.create_run(self.experiment_id, run_name=f"trial-{number}", tags={
+            "mlflow.parentRunId": self.parent_id, "ldm.role": "trial", "ldm.study": self.study,
+            "ldm.trial_number": str(number), "ldm.config_hash": cfg.config_hash(),
+            "ldm.first_stage_hash": cfg.first_stage_hash(), "ldm.git_commit": S.GIT_COMMIT,
+            "ldm.torch_version": "2.14.1", "ldm.device": S.DEVICE, "ldm.extractor_weights": S.EXTRACTOR_WEIGHTS,
+            "ldm.num_samples": S.NUM_SAMPLES, **(tags or {})})
+        run_id = run.info.run_id
+        params = [Param(k, str(v)) for k, v in {**flatten(cfg.model_dump(mode="json")), "seed": seed}.items()]
+        now = int(time.time() * 1000)
+        last = max((s for history in steps.values() for s in history), default=0)
+        metrics = [Metric(k, v, now + s, s) for k, history in steps.items() for s, v in history.items()]
+        metrics += [Metric(k, v, now + last + 1, last) for k, v in final.items()]
+        self.client.log_batch(run_id, params=params, metrics=metrics)  # one transaction: within MLflow's limits
+        if samples:
+            self.client.log_artifact(run_id, str(_samples_png(self.root / "samples" / run_id, number)))
+        return run_id
+
+
+def _samples_png(folder: Path, number: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    pixels = np.zeros((24, 24, 3), np.uint8)
+    pixels[:, :, number % 3] = 40 * (number + 1) % 256
+    path = folder / "samples.png"
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def _write_full(client: MlflowClient, root: Path) -> tuple[str, pd.DataFrame, dict[str, str]]:
+    writer = _StudyWriter(client, root, S.FULL_STUDY, spec=True)
+    common = ["diffusion.conditioning=class", "evaluation.fid_every=100"]
+    rows = []
+    for f in S.F_VALUES:
+        for schedule in S.SCHEDULES:
+            for seed in S.SEEDS:
+                final = S.final_metrics(f, 4, schedule, seed)
+                fid_curve = {s: final["fid_domain"] + 3000 / s for s in S.FID_STEPS[:-1]}
+                run_id = writer.trial(
+                    [f"autoencoder.f={f}", f"diffusion.schedule={schedule}", *common],
+                    seed,
+                    steps={"fid_domain": fid_curve, "diffusion/loss": {s: 1.0 / s for s in S.FID_STEPS}},
+                    final=final,
+                    samples=True,
+                )
+                client.set_terminated(run_id, "FINISHED")
+                rows.append({"f": f, "schedule": schedule, "seed": seed, "run_id": run_id, **final})
+    leaked = {"fid_domain": S.LEAKED, "psnr": S.LEAKED, "bpp": S.LEAKED}
+    others = {
+        "failed": writer.trial(["autoencoder.f=8", "diffusion.schedule=cosine", *common], 2, steps={},
+                               final=leaked, tags={"ldm.fail_reason": S.FAIL_REASON}),
+        "pruned": writer.trial(["autoencoder.f=1", "diffusion.schedule=linear", *common], 2,
+                               steps={"fid_domain": {100: S.LEAKED, 200: S.LEAKED}}, final={},
+                               tags={"ldm.fail_reason": S.PRUNE_REASON}),
+        "running": writer.trial(["autoencoder.f=4", "diffusion.schedule=linear", *common], 2,
+                                steps={"fid_domain": {100: S.LEAKED}}, final={}),
+    }
+    client.set_terminated(others["failed"], "FAILED")
+    client.set_terminated(others["pruned"], "KILLED")
+    return writer.parent_id, pd.DataFrame(rows), others
+
+
+def _write_sparse(client: MlflowClient, root: Path) -> str:
+    writer = _StudyWriter(client, root, S.SPARSE_STUDY, spec=False)
+    for c in (3, 4):
+        for seed in S.SEEDS:
+            final = S.final_metrics(4, c, "cosine", seed)
+            run_id = writer.trial([f"autoencoder.latent_channels={c}"], seed, steps={},
+                                  final={k: final[k] for k in ("fid_domain", "psnr", "val_loss")})
+            client.set_terminated(run_id, "FINISHED")
+    return writer.parent_id
+
+
+def _build_store(root: Path) -> SyntheticStore:
+    root.mkdir(parents=True, exist_ok=True)
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    full_parent, finished, others = _write_full(client, root)
+    parents = {S.FULL_STUDY: full_parent, S.SPARSE_STUDY: _write_sparse(client, root),
+               S.EMPTY_STUDY: _StudyWriter(client, root, S.EMPTY_STUDY, spec=False).parent_id}
+    return SyntheticStore(uri, root, finished, parents, others)
+
+
+@pytest.fixture(scope="session")
+def synthetic_store(tmp_path_factory: pytest.TempPathFactory) -> SyntheticStore:
+    """Written once per session: creating the MLflow schema alone takes seconds."""
+    return _build_store(tmp_path_factory.getbasetemp() / "synthetic-mlflow")
+
+
+def _report(study: str, store: SyntheticStore, factory: pytest.TempPathFactory) -> ReportSummary:
+    return build_report(study, factory.getbasetemp() / "reports" / study, tracking_uri=store.tracking_uri)
+
+
+@pytest.fixture(scope="session")
+def full_report(synthetic_store: SyntheticStore, tmp_path_factory: pytest.TempPathFactory) -> ReportSummary:
+    """FULL's report in every format, built once (drawing the figures takes seconds)."""
+    return _report(S.FULL_STUDY, synthetic_store, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def sparse_report(synthetic_store: SyntheticStore, tmp_path_factory: pytest.TempPathFactory) -> ReportSummary:
+    return _report(S.SPARSE_STUDY, synthetic_store, tmp_path_factory)

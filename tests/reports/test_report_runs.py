@@ -1,0 +1,84 @@
+"""reports/runs.py: reading a study from MLflow into pandas."""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+
+from ldm.errors import UserError
+from reports.runs import catalog_base, configuration_label, is_seed, load_study, ordered_values
+
+
+def test_parent_and_trials_split_by_state(synthetic_store) -> None:
+    study = load_study(synthetic_store.FULL_STUDY, synthetic_store.tracking_uri)
+    assert study.parent["run_id"] == synthetic_store.parent_run_ids[synthetic_store.FULL_STUDY]
+    assert study.state_counts() == {"finished": 12, "failed": 1, "pruned": 1, "running": 1}
+    assert set(study.finished["run_id"]) == set(synthetic_store.finished["run_id"])
+    for state in ("failed", "pruned", "running"):
+        assert study.in_state(state)["run_id"].tolist() == [synthetic_store.other_run_ids[state]]
+    numbers = study.trials["tags.ldm.trial_number"].astype(int).tolist()
+    assert numbers == sorted(numbers) == list(range(15))
+
+
+def test_factors_are_swept_params_without_seeds_or_run_names(synthetic_store) -> None:
+    full = load_study(synthetic_store.FULL_STUDY, synthetic_store.tracking_uri)
+    # `name`, `seed` and `training.seed` vary across these runs too, but are not configurations.
+    assert full.finished["params.name"].nunique() == 12
+    assert full.finished["params.training.seed"].nunique() == 2
+    assert full.factors == ("autoencoder.f", "diffusion.schedule")
+    sparse = load_study(synthetic_store.SPARSE_STUDY, synthetic_store.tracking_uri)
+    assert sparse.factors == ("autoencoder.latent_channels",)
+
+
+def test_study_without_trials_loads_empty(synthetic_store) -> None:
+    study = load_study(synthetic_store.EMPTY_STUDY, synthetic_store.tracking_uri)
+    assert study.trials.empty and study.factors == () and study.metric_names() == []
+
+
+def test_unknown_study_names_the_existing_ones(synthetic_store) -> None:
+    with pytest.raises(UserError) as err:
+        load_study("no-such-study", synthetic_store.tracking_uri)
+    message = str(err.value)
+    assert "unknown study 'no-such-study'" in message
+    for name in (synthetic_store.FULL_STUDY, synthetic_store.SPARSE_STUDY, synthetic_store.EMPTY_STUDY):
+        assert name in message
+
+
+def test_global_tracking_uri_is_restored(synthetic_store, tmp_path) -> None:
+    previous = mlflow.get_tracking_uri() if mlflow.tracking.is_tracking_uri_set() else None
+    elsewhere = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    mlflow.set_tracking_uri(elsewhere)
+    try:
+        load_study(synthetic_store.FULL_STUDY, synthetic_store.tracking_uri)
+        assert mlflow.get_tracking_uri() == elsewhere
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+def test_history_returns_every_step_of_a_metric(synthetic_store) -> None:
+    study = load_study(synthetic_store.FULL_STUDY, synthetic_store.tracking_uri)
+    run = synthetic_store.finished.iloc[0]
+    history = study.history(run["run_id"], "fid_domain")
+    assert history["step"].tolist() == list(synthetic_store.FID_STEPS)
+    assert history["value"].iloc[-1] == pytest.approx(run["fid_domain"])
+    assert history["value"].iloc[0] == pytest.approx(run["fid_domain"] + 3000 / synthetic_store.FID_STEPS[0])
+
+
+def test_values_order_numerically_when_numbers() -> None:
+    assert ordered_values(["16", "2", "1", "4", "2"]) == ["1", "2", "4", "16"]
+    assert ordered_values(["linear", "cosine", "sigmoid"]) == ["cosine", "linear", "sigmoid"]
+
+
+def test_labels_and_seeds() -> None:
+    label = configuration_label({"autoencoder.f": "4", "diffusion.sampling.guidance_scale": "3.0"})
+    assert label == "f=4, guidance=3.0"
+    assert configuration_label({}) == "all runs"
+    assert all(map(is_seed, ["seed", "training.seed", "evaluation.seed", "data.split_seed"]))
+    assert not is_seed("autoencoder.f")
+
+
+def test_catalog_base_of_variants_and_training_curves() -> None:
+    assert catalog_base("g3.0/fid_domain") == "fid_domain"
+    assert catalog_base("ddim10/sample_images_per_s") == "sample_images_per_s"
+    assert catalog_base("psnr") == "psnr"
+    assert catalog_base("diffusion/loss") is None and catalog_base("ae/val_loss") is None
