@@ -112,7 +112,7 @@ class TextEncoderConfig(Section):
 class SamplingConfig(Section):
     sampler: Literal["ddim", "ddpm"] = "ddim"
     steps: int = Field(50, ge=1)
-    eta: float = Field(0.0, ge=0.0)
+    eta: float = Field(0.0, ge=0.0, le=1.0, description="DDIM stochasticity: 0 deterministic, 1 DDPM-like")
     guidance_scale: float = Field(1.0, ge=0.0, description="classifier-free guidance; 1 = conditional only")
     timestep_spacing: Literal["leading", "trailing", "linspace"] = "leading"
 
@@ -132,11 +132,22 @@ class DiffusionConfig(Section):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
 
     @model_validator(mode="after")
-    def _beta_order(self) -> DiffusionConfig:
+    def _consistent(self) -> DiffusionConfig:
         if self.beta_start >= self.beta_end:
             raise ValueError(
                 f"diffusion.beta_start={self.beta_start} must be below diffusion.beta_end={self.beta_end}"
             )
+        if self.zero_terminal_snr and self.prediction == "epsilon":
+            # at alpha_bar = 0 the clean image cannot be recovered from a noise prediction
+            raise ValueError("diffusion.zero_terminal_snr=true needs diffusion.prediction 'v_prediction' or 'sample', "
+                             "not 'epsilon'")
+        widths = {self.unet.base_channels * m for m in self.unet.channel_mult}
+        if any(w % self.unet.num_heads for w in widths):
+            raise ValueError(f"diffusion.unet.num_heads={self.unet.num_heads} must divide every UNet level width "
+                             f"{sorted(widths)}")
+        if self.unet.context_dim % self.text.heads:
+            raise ValueError(f"diffusion.text.heads={self.text.heads} must divide "
+                             f"diffusion.unet.context_dim={self.unet.context_dim}")
         return self
 
 
