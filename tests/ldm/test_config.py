@@ -29,7 +29,8 @@ def test_yaml_round_trip(tmp_path: Path) -> None:
 
 def test_overrides_parse_yaml_values() -> None:
     cfg = load_config(preset="mnist", overrides=["autoencoder.f=8", "autoencoder.channel_mult=[1, 2]", "diffusion.min_snr_gamma=5",
-                                 "training.autoencoder.ema_decay=null", "diffusion.zero_terminal_snr=true"])
+                                 "training.autoencoder.ema_decay=null", "diffusion.zero_terminal_snr=true",
+                                 "diffusion.prediction=v_prediction"])
     assert cfg.autoencoder.f == 8
     assert cfg.autoencoder.channel_mult == [1, 2]
     assert cfg.diffusion.min_snr_gamma == 5.0
@@ -68,6 +69,10 @@ def test_hash_ignores_paths_tracking_and_name_but_not_semantics() -> None:
         (["autoencoder.bogus=1"], "unknown field 'autoencoder.bogus'"),
         (["diffusion.beta_start=0.1", "diffusion.beta_end=0.01"], "diffusion.beta_start=0.1 must be below"),
         (["evaluation.num_samples=10", "evaluation.kid_subset_size=20"], "evaluation.kid_subset_size=20 exceeds"),
+        (["diffusion.zero_terminal_snr=true"], "diffusion.zero_terminal_snr=true needs diffusion.prediction"),
+        (["diffusion.unet.num_heads=3"], "diffusion.unet.num_heads=3 must divide every UNet level width"),
+        (["diffusion.text.heads=5"], "diffusion.text.heads=5 must divide diffusion.unet.context_dim=128"),
+        (["diffusion.sampling.eta=2"], "diffusion.sampling.eta=2"),
         (["oops"], "override 'oops' is not of the form section.field=value"),
         (["autoencoder.f.x=1"], "'f' is a value, not a section"),
     ],
