@@ -11,6 +11,7 @@ from typer.core import TyperGroup
 
 from ldm.commands import config as config_cmd
 from ldm.commands import data as data_cmd
+from ldm.commands import train as train_cmd
 from ldm.errors import UserError
 from ldm.paths import WORKDIR_ENV
 
@@ -46,3 +47,6 @@ def _root(
 
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(data_cmd.app, name="data")
+app.command("train")(train_cmd.train)
+app.command("sample")(train_cmd.sample)
+app.command("eval-ae")(train_cmd.eval_ae)

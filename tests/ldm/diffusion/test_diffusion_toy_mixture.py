@@ -1,7 +1,5 @@
 """A learned end-to-end check: a tiny MLP denoiser trained on a 2-D Gaussian mixture samples its modes and weights."""
 
-import contextlib
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -63,24 +61,12 @@ def mixture_fit(samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, floa
     return weights, means, stragglers
 
 
-@contextlib.contextmanager
-def single_thread() -> Iterator[None]:
-    """Matrices this small run several times faster on one thread than on two shared, busy cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def trained() -> tuple[GaussianDiffusion, MixtureDenoiser]:
     # 100 steps of LDM's sqrt-linear schedule with a 10x beta range: alpha_bar_T = 2e-4, close to pure noise.
     diffusion = GaussianDiffusion.from_config(DiffusionConfig(
         schedule="scaled_linear", beta_start=0.015, beta_end=0.195, timesteps=100, prediction="epsilon"))
-    with single_thread():
-        return diffusion, train_denoiser(diffusion, seed=0)
+    return diffusion, train_denoiser(diffusion, seed=0)
 
 
 # Tolerances about 1.5-2x the worst seen over training seeds 0-4 (weight error / mean error / stragglers):
@@ -93,9 +79,8 @@ def trained() -> tuple[GaussianDiffusion, MixtureDenoiser]:
 def test_samples_match_the_mixture(trained: tuple[GaussianDiffusion, MixtureDenoiser], sampling: SamplingConfig,
                                    weight_tol: float, mean_tol: float, straggler_max: float) -> None:
     diffusion, model = trained
-    with single_thread():
-        samples = sample(model, diffusion, (NUM_SAMPLES, 2), sampling, None, None, torch.Generator().manual_seed(1),
-                         "cpu")
+    samples = sample(model, diffusion, (NUM_SAMPLES, 2), sampling, None, None, torch.Generator().manual_seed(1),
+                     "cpu")
     weights, means, stragglers = mixture_fit(samples)
     torch.testing.assert_close(weights, WEIGHTS, atol=weight_tol, rtol=0)
     torch.testing.assert_close(means, MEANS, atol=mean_tol, rtol=0)

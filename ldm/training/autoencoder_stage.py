@@ -1,0 +1,186 @@
+"""Stage 1: train the first stage once per `first_stage_hash()`, measure it, and store it for reuse."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from ldm.config import ExperimentConfig
+from ldm.data.grid import make_grid_image, save_image_atomic
+from ldm.data.registry import build_dataset
+from ldm.errors import UserError
+from ldm.first_stage import (
+    AutoencoderLoss,
+    FirstStage,
+    build_first_stage,
+    estimate_scale_factor,
+    evaluate_rate_distortion,
+    evaluating,
+)
+from ldm.io import atomic_write_text
+from ldm.paths import first_stage_dir
+from ldm.tracking import NullTracker, Tracker
+from ldm.training.checkpoint import (
+    Checkpoint,
+    checkpoint_config,
+    model_weights,
+    read_checkpoint,
+    save_checkpoint,
+    update_extras,
+)
+from ldm.training.device import Batch, prepare_module, resolve_device
+from ldm.training.loop import Stage, StepLosses, train_stage
+
+CHECKPOINT_NAME = "autoencoder.pt"
+METRICS_NAME = "metrics.json"
+RECONSTRUCTIONS_NAME = "reconstructions.png"
+# Images whose latents give the scale factor (LDM App. D.1 uses one batch; more makes it steadier).
+SCALE_SAMPLE_IMAGES = 512
+RECONSTRUCTION_GRID_IMAGES = 8
+# Validation images behind metrics.json: a fixed count, as the file belongs to the first stage whatever
+# evaluation settings later runs that reuse it have.
+RATE_DISTORTION_IMAGES = 1000
+
+
+class AutoencoderTrainee(nn.Module):
+    """What stage 1 trains and checkpoints: the first stage and its loss (which owns the discriminator)."""
+
+    def __init__(self, first_stage: FirstStage, loss: AutoencoderLoss) -> None:
+        super().__init__()
+        self.first_stage = first_stage
+        self.loss = loss
+
+
+class AutoencoderStep:
+    """Reconstruction + regulariser (+ adaptive GAN) loss for the autoencoder; hinge loss for the discriminator."""
+
+    def __init__(self, trainee: AutoencoderTrainee) -> None:
+        self.first_stage, self.loss = trainee.first_stage, trainee.loss
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        groups = {"model": list(self.first_stage.parameters())}
+        if self.loss.discriminator is not None:
+            groups["discriminator"] = list(self.loss.discriminator.parameters())
+        return groups
+
+    def losses(self, batch: Batch, step: int) -> StepLosses:
+        images = batch["image"]
+        output = self.first_stage(images)
+        loss, stats = self.loss.generator_loss(images, output, step, self.first_stage.decoder_last_layer)
+        losses = {"model": loss}
+        if self.loss.discriminator_active(step):
+            losses["discriminator"], d_stats = self.loss.discriminator_loss(images, output.reconstruction)
+            stats |= d_stats
+        stats.pop("loss")  # the loop reports the model group's loss itself
+        return StepLosses(losses, stats)
+
+    def val_loss(self, batch: Batch) -> Tensor:
+        images = batch["image"]
+        loss, _ = self.loss.generator_loss(images, self.first_stage(images, sample_posterior=False), 0,
+                                           self.first_stage.decoder_last_layer)
+        return loss
+
+    def preview(self, batch: Batch) -> Image.Image:
+        return reconstruction_grid(self.first_stage, batch["image"])
+
+
+def reconstruction_grid(first_stage: FirstStage, images: Tensor) -> Image.Image:
+    """Originals in the top row, their reconstructions (posterior mode) below."""
+    originals = images[:RECONSTRUCTION_GRID_IMAGES]
+    with evaluating(first_stage):
+        reconstructions = first_stage.decode(first_stage.encode(originals).mode()).clamp(-1, 1)
+    return make_grid_image(torch.cat([originals, reconstructions]).cpu(), None, ncol=len(originals))
+
+
+def first_stage_checkpoint(cfg: ExperimentConfig, workdir: Path) -> Path:
+    """Where the first stage of this config lives: shared by every config with the same first-stage hash."""
+    return first_stage_dir(workdir, cfg.first_stage_hash()) / CHECKPOINT_NAME
+
+
+def is_finished(path: Path) -> bool:
+    """A first stage is finished once its scale factor is stored, the last thing written."""
+    return path.is_file() and "scale_factor" in read_checkpoint(path)["extras"]
+
+
+def train_autoencoder(cfg: ExperimentConfig, workdir: Path, tracker: Tracker = NullTracker(),
+                      resume: bool = False, retrain: bool = False) -> Path:
+    """Train (or reuse) the first stage of `cfg`; returns its checkpoint, which holds the scale factor."""
+    path = first_stage_checkpoint(cfg, workdir)
+    if not retrain and is_finished(path):
+        _log_results(tracker, path, cfg.training.autoencoder.steps)
+        return path
+    device = resolve_device(cfg.training.device)
+    torch.manual_seed(cfg.training.seed)
+    train, val = build_dataset(cfg.data, "train", workdir), build_dataset(cfg.data, "val", workdir)
+    first_stage = build_first_stage(cfg.autoencoder, cfg.data.channels)
+    trainee = prepare_module(AutoencoderTrainee(first_stage, AutoencoderLoss(cfg.autoencoder, cfg.data.channels)),
+                             device)
+    if cfg.autoencoder.f == 1:  # the identity has nothing to learn: a checkpoint of its (empty) state
+        save_checkpoint(path, step=0, model=trainee, optimizers={}, ema=None, data_order={}, config=cfg, extras={})
+        step = 0
+    else:
+        stage = Stage(name="autoencoder", model=trainee, step=AutoencoderStep(trainee), train_data=train,
+                      val_data=val, checkpoint=path, extras={}, preview_key="ae_reconstructions")
+        trained = train_stage(stage, cfg, device, tracker, resume=resume and not retrain)
+        if trained.ema is not None:  # what later stages load (`load_first_stage` prefers the EMA weights)
+            trained.ema.copy_to(trainee)
+        step = cfg.training.autoencoder.steps
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.training.seed)
+        scale_factor = estimate_scale_factor(first_stage, _first_images(train, SCALE_SAMPLE_IMAGES))
+    metrics = rate_distortion(first_stage, val, cfg, RATE_DISTORTION_IMAGES)
+    atomic_write_text(path.with_name(METRICS_NAME), json.dumps(metrics, indent=2))
+    save_image_atomic(reconstruction_grid(first_stage, _first_images(val, RECONSTRUCTION_GRID_IMAGES).to(device)),
+                      path.with_name(RECONSTRUCTIONS_NAME))
+    update_extras(path, {"scale_factor": scale_factor})
+    _log_results(tracker, path, step)
+    return path
+
+
+def _log_results(tracker: Tracker, path: Path, step: int) -> None:
+    """Log a finished first stage's metrics and reconstructions (again for each run that reuses it)."""
+    tracker.log_metrics(json.loads(path.with_name(METRICS_NAME).read_text()), step=step)
+    tracker.log_artifact(path.with_name(RECONSTRUCTIONS_NAME))
+
+
+def load_first_stage(path: Path) -> tuple[FirstStage, float, ExperimentConfig]:
+    """The first stage of a stage-1 checkpoint or of a diffusion checkpoint (which embeds its own)."""
+    return first_stage_of(read_checkpoint(path), path)
+
+
+def first_stage_of(ckpt: Checkpoint, path: Path) -> tuple[FirstStage, float, ExperimentConfig]:
+    """A finished first stage (EMA weights when it has them) on the CPU in eval mode, its scale factor and config."""
+    extras = ckpt["extras"]
+    if "scale_factor" not in extras:
+        raise UserError(f"first-stage checkpoint '{path}' is unfinished (step {ckpt['step']}); finish it with "
+                        "`ldm train --stage autoencoder --resume` and the same config")
+    cfg = checkpoint_config(ckpt)
+    first_stage = build_first_stage(cfg.autoencoder, cfg.data.channels)
+    if "first_stage" in extras:  # a diffusion checkpoint
+        weights = extras["first_stage"]
+    else:
+        prefix = "first_stage."
+        weights = {k.removeprefix(prefix): v for k, v in model_weights(ckpt, use_ema=True).items()
+                   if k.startswith(prefix)}
+    first_stage.load_state_dict(weights)
+    first_stage.eval().requires_grad_(False)
+    return first_stage, float(extras["scale_factor"]), cfg
+
+
+def rate_distortion(first_stage: FirstStage, data: Dataset, cfg: ExperimentConfig,
+                    limit: int | None = None) -> dict[str, float]:
+    """Rate-distortion metrics over the first `limit` images of a split (all when None)."""
+    if limit is not None and limit < len(data):
+        data = Subset(data, range(limit))
+    batches = (batch["image"] for batch in DataLoader(data, batch_size=cfg.training.autoencoder.batch_size))
+    return evaluate_rate_distortion(first_stage, batches, cfg.autoencoder, cfg.data.channels).as_metrics()
+
+
+def _first_images(data: Dataset, count: int) -> Tensor:
+    return torch.stack([data[i]["image"] for i in range(min(count, len(data)))])

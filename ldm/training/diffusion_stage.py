@@ -1,0 +1,152 @@
+"""Stage 2: train the denoiser (UNet + conditioner) on scaled latents of the frozen first stage."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from ldm.config import ExperimentConfig
+from ldm.data.grid import make_grid_image, save_image_atomic
+from ldm.data.registry import build_dataset
+from ldm.diffusion.conditioning import DatasetInfo
+from ldm.diffusion.process import GaussianDiffusion
+from ldm.diffusion.tokenizer import WordTokenizer
+from ldm.errors import UserError
+from ldm.io import atomic_write_text
+from ldm.paths import runs_dir
+from ldm.tracking import NullTracker, Tracker, flatten
+from ldm.training.autoencoder_stage import load_first_stage, train_autoencoder
+from ldm.training.device import Batch, maybe_compile, prepare_module, resolve_device
+from ldm.training.loop import OnEval, Stage, StepLosses, train_stage
+from ldm.training.pipeline import (
+    CONDITION_ARGUMENTS,
+    DatasetSummary,
+    LatentDiffusionPipeline,
+    build_denoiser,
+    encode_latents,
+)
+
+CHECKPOINT_NAME = "diffusion.pt"
+PREVIEW_IMAGES = 16
+SAMPLE_GRID_IMAGES = 64
+
+
+def run_dir(cfg: ExperimentConfig, workdir: Path) -> Path:
+    """The run folder of a config: `<runs>/<name>-<config hash>`."""
+    return runs_dir(workdir) / f"{cfg.name}-{cfg.config_hash()}"
+
+
+def batch_conditions(batch: Batch, pipeline: LatentDiffusionPipeline, count: int | None = None) -> dict[str, Any]:
+    """The generation arguments of the model's conditioning type, taken from the first `count` items of a batch."""
+    available = {"labels": batch.get("label"), "prompts": batch.get("caption"), "masked_images": batch["image"],
+                 "masks": batch.get("mask")}
+    return {name: value[:count] for name, value in available.items()
+            if name in CONDITION_ARGUMENTS[pipeline.conditioning]}
+
+
+def sample_grid(pipeline: LatentDiffusionPipeline, batch: Batch, count: int, seed: int) -> Image.Image:
+    """Samples under the conditions of a batch's first `count` items, labelled by class name or prompt."""
+    count = min(count, len(batch["image"]))
+    conditions = batch_conditions(batch, pipeline, count)
+    images = pipeline.to_float(count, generator=torch.Generator().manual_seed(seed), **conditions)
+    names = pipeline.condition_names(conditions.get("labels"), conditions.get("prompts"))
+    return make_grid_image(images, names, ncol=min(8, count))
+
+
+class DiffusionStep:
+    """The weighted denoising loss on scaled posterior samples, with condition dropout for guidance."""
+
+    def __init__(self, pipeline: LatentDiffusionPipeline, model_fn: Callable[..., Tensor], p_uncond: float,
+                 seed: int) -> None:
+        self.pipeline, self.model_fn, self.p_uncond, self.seed = pipeline, model_fn, p_uncond, seed
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        return {"model": list(self.pipeline.denoiser.parameters())}
+
+    def _loss(self, batch: Batch, drop_conditions: bool) -> Tensor:
+        pipeline = self.pipeline
+        x0 = encode_latents(pipeline.first_stage, batch["image"], pipeline.scale_factor, sample_posterior=True)
+        cond = pipeline.condition(**batch_conditions(batch, pipeline))
+        conditioner = pipeline.denoiser.conditioner
+        if drop_conditions and cond is not None and conditioner is not None:
+            cond = conditioner.drop(cond, self.p_uncond, None)
+        t = torch.randint(0, pipeline.diffusion.num_timesteps, (len(x0),), device=x0.device)
+        noise = torch.randn_like(x0)
+        return pipeline.diffusion.training_loss(self.model_fn, x0, t, noise, {"cond": cond}).mean()
+
+    def losses(self, batch: Batch, step: int) -> StepLosses:
+        return StepLosses({"model": self._loss(batch, drop_conditions=True)})
+
+    def val_loss(self, batch: Batch) -> Tensor:
+        return self._loss(batch, drop_conditions=False)
+
+    def preview(self, batch: Batch) -> Image.Image:
+        return sample_grid(self.pipeline, batch, PREVIEW_IMAGES, self.seed)
+
+
+def train_diffusion(cfg: ExperimentConfig, workdir: Path, tracker: Tracker = NullTracker(),
+                    first_stage_ckpt: Path | None = None, resume: bool = False,
+                    on_eval: OnEval | None = None) -> Path:
+    """Train the diffusion stage of `cfg` (the first stage first, unless one is given or already trained).
+
+    Writes `diffusion.pt`, `config.yaml`, `samples.png` (EMA weights) and `checkpoints.txt` (both stages'
+    paths) to the run folder and logs the last three; returns the checkpoint.
+    """
+    if first_stage_ckpt is None:
+        first_stage_ckpt = train_autoencoder(cfg, workdir, tracker, resume=resume)
+    first_stage, scale_factor, first_cfg = load_first_stage(first_stage_ckpt)
+    _check_first_stage_fits(cfg, first_cfg, first_stage_ckpt)
+    device = resolve_device(cfg.training.device)
+    torch.manual_seed(cfg.training.seed)
+    train, val = build_dataset(cfg.data, "train", workdir), build_dataset(cfg.data, "val", workdir)
+    tokenizer = (WordTokenizer.build(train.captions or [], cfg.diffusion.text.max_tokens)
+                 if cfg.diffusion.conditioning == "text" else None)
+    info = DatasetInfo(num_classes=train.num_classes, tokenizer=tokenizer,
+                       latent_shape=first_stage.latent_shape(cfg.data.resolution))
+    summary = DatasetSummary.of(train)
+    extras = {"scale_factor": scale_factor, "first_stage": first_stage.state_dict(),
+              "first_stage_checkpoint": str(first_stage_ckpt), "dataset": summary.to_dict(),
+              "tokenizer": tokenizer.to_dict() if tokenizer is not None else None}
+    denoiser = prepare_module(build_denoiser(cfg, info), device)
+    pipeline = LatentDiffusionPipeline(first_stage=first_stage.to(device), denoiser=denoiser,
+                                       diffusion=GaussianDiffusion.from_config(cfg.diffusion),
+                                       scale_factor=scale_factor, config=cfg, dataset=summary, device=device)
+    step = DiffusionStep(pipeline, maybe_compile(denoiser, device, cfg.training.compile), cfg.diffusion.p_uncond,
+                         cfg.training.seed)
+
+    folder = run_dir(cfg, workdir)
+    cfg.save(folder / "config.yaml")
+    stage = Stage(name="diffusion", model=denoiser, step=step, train_data=train, val_data=val,
+                  checkpoint=folder / CHECKPOINT_NAME, extras=extras, preview_key="diffusion_samples")
+    trained = train_stage(stage, cfg, device, tracker, resume=resume, on_eval=on_eval)
+
+    if trained.ema is not None:
+        trained.ema.copy_to(denoiser)
+    denoiser.eval()
+    val_batch = next(iter(DataLoader(val, batch_size=SAMPLE_GRID_IMAGES)))
+    save_image_atomic(sample_grid(pipeline, val_batch, SAMPLE_GRID_IMAGES, cfg.training.seed), folder / "samples.png")
+    atomic_write_text(folder / "checkpoints.txt", f"first_stage: {first_stage_ckpt}\ndiffusion: {stage.checkpoint}\n")
+    tracker.log_metrics({"train_images_per_s": trained.images_per_s, "train_hours": trained.train_seconds / 3600},
+                        step=cfg.training.diffusion.steps)
+    for artifact in ("config.yaml", "samples.png", "checkpoints.txt"):
+        tracker.log_artifact(folder / artifact)
+    return stage.checkpoint
+
+
+def _check_first_stage_fits(cfg: ExperimentConfig, first_cfg: ExperimentConfig, path: Path) -> None:
+    """A given first stage must be the one the config describes (same autoencoder, image size and channels)."""
+    ours, theirs = _first_stage_fields(cfg), _first_stage_fields(first_cfg)
+    differing = [f"{key}={theirs[key]!r} (config: {value!r})" for key, value in ours.items() if theirs[key] != value]
+    if differing:
+        raise UserError(f"first-stage checkpoint '{path}' does not fit this config: it has {'; '.join(differing)}")
+
+
+def _first_stage_fields(cfg: ExperimentConfig) -> dict[str, Any]:
+    return flatten({"autoencoder": cfg.autoencoder.model_dump(mode="json"),
+                    "data": {"resolution": cfg.data.resolution, "channels": cfg.data.channels}})

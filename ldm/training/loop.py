@@ -1,0 +1,296 @@
+"""The one training loop both stages share; what differs between them is a `TrainingStep` passed in.
+
+Learning rate: linear warm-up from lr/warmup_steps at step 1 to lr at `warmup_steps`, then constant
+(the LDM paper trains both stages at a constant rate; a constant tail also keeps a run's early
+checkpoints independent of its total length).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import torch
+from PIL import Image
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ldm.config import ExperimentConfig, StageTrainingConfig
+from ldm.errors import DataError
+from ldm.tracking import Tracker
+from ldm.training import DivergedError
+from ldm.training.checkpoint import read_checkpoint, restore_rng, save_checkpoint
+from ldm.training.device import Batch, autocast, batch_to
+from ldm.training.ema import EMA
+
+OnEval = Callable[[str, float, int], None]
+
+
+@dataclass(frozen=True)
+class StepLosses:
+    """The losses of one batch, one scalar per parameter group (the first is the reported loss)."""
+
+    losses: dict[str, Tensor]
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+class TrainingStep(Protocol):
+    """The stage-specific part of training."""
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Trainable parameters per optimiser, e.g. {"model": ...} or {"model": ..., "discriminator": ...}."""
+        ...
+
+    def losses(self, batch: Batch, step: int) -> StepLosses: ...
+
+    def val_loss(self, batch: Batch) -> Tensor: ...
+
+    def preview(self, batch: Batch) -> Image.Image:
+        """An image grid showing progress (reconstructions, samples)."""
+        ...
+
+
+StageName = Literal["autoencoder", "diffusion"]  # the stage's section of `training`
+METRIC_PREFIX: dict[StageName, str] = {"autoencoder": "ae", "diffusion": "diffusion"}
+VAL_METRIC: dict[StageName, str] = {"autoencoder": "ae/val_loss", "diffusion": "val_loss"}
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Everything the loop needs to train one stage."""
+
+    name: StageName
+    model: nn.Module  # what is checkpointed and averaged: every trainable module of the stage
+    step: TrainingStep
+    train_data: Dataset
+    val_data: Dataset
+    checkpoint: Path
+    extras: dict[str, Any]  # stored in every checkpoint (dataset info, tokenizer, ...)
+    preview_key: str  # image name of the periodic grids
+
+
+@dataclass(frozen=True)
+class TrainedStage:
+    """What a finished stage hands back: its EMA (to swap in for use) and its throughput."""
+
+    ema: EMA | None
+    images_per_s: float  # over all steps of the run, resumed parts included
+    train_seconds: float
+
+
+def lr_at(step: int, settings: StageTrainingConfig) -> float:
+    """Learning rate of 1-based `step`: linear warm-up, then constant."""
+    if settings.warmup_steps == 0:
+        return settings.lr
+    return settings.lr * min(1.0, step / settings.warmup_steps)
+
+
+class ResumableBatches(Sampler[list[int]]):
+    """An endless stream of batches: epoch e is a permutation drawn from `seed + e`, incomplete tails dropped.
+
+    The position after b batches is recomputable from b alone, so a resumed run sees the same data order.
+    """
+
+    def __init__(self, size: int, batch_size: int, seed: int, start_batch: int = 0) -> None:
+        self.size, self.batch_size, self.seed, self.start_batch = size, batch_size, seed, start_batch
+        self.batches_per_epoch = size // batch_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        epoch, index = divmod(self.start_batch, self.batches_per_epoch)
+        while True:
+            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + epoch))
+            for i in range(index, self.batches_per_epoch):
+                yield order[i * self.batch_size : (i + 1) * self.batch_size].tolist()
+            epoch, index = epoch + 1, 0
+
+    def state(self, batches_done: int) -> dict[str, int]:
+        return {"size": self.size, "batch_size": self.batch_size, "seed": self.seed, "next_batch": batches_done}
+
+
+class _ProgressReport:
+    """A rich progress bar on a terminal; plain log lines on stderr otherwise (CI, files, sweeps)."""
+
+    def __init__(self, stage: str, total: int, start: int) -> None:
+        self.stage, self.total = stage, total
+        self.console = Console(stderr=True)
+        self.bar: Progress | None = None
+        if self.console.is_terminal:
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[status]}"), TimeRemainingColumn(), console=self.console)
+            self.task = self.bar.add_task(stage, total=total, completed=start, status="")
+
+    def __enter__(self) -> _ProgressReport:
+        if self.bar is not None:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def update(self, step: int, metrics: dict[str, float] | None = None) -> None:
+        """Advance to `step`; with metrics (a log step) show them too."""
+        if self.bar is not None:
+            self.bar.update(self.task, completed=step)
+        if not metrics:
+            return
+        status = "  ".join(f"{name.rsplit('/', 1)[-1]} {value:.4g}" for name, value in metrics.items())
+        if self.bar is not None:
+            self.bar.update(self.task, status=status)
+        else:
+            print(f"{self.stage} step {step}/{self.total}  {status}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _evaluation(model: nn.Module, device: torch.device, seed: int) -> Iterator[None]:
+    """Eval mode, no grad, and a private seeded RNG: evaluations are comparable and leave training's RNG alone."""
+    cuda = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda), torch.no_grad(), autocast(device):
+        torch.manual_seed(seed)
+        model.eval()
+        try:
+            yield
+        finally:
+            model.train()
+
+
+def train_stage(stage: Stage, cfg: ExperimentConfig, device: torch.device, tracker: Tracker,
+                resume: bool = False, on_eval: OnEval | None = None) -> TrainedStage:
+    """Train `stage.model` for the stage's steps, continuing from `stage.checkpoint` when resuming and it exists."""
+    settings: StageTrainingConfig = getattr(cfg.training, stage.name)
+    seed, prefix = cfg.training.seed, METRIC_PREFIX[stage.name]
+    if len(stage.train_data) < settings.batch_size:
+        raise DataError(f"the train split has {len(stage.train_data)} images, fewer than "
+                        f"training.{stage.name}.batch_size={settings.batch_size}; lower the batch size")
+    groups = stage.step.parameter_groups()
+    optimizers = {name: torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+                  for name, params in groups.items()}
+    ema = EMA(stage.model, settings.ema_decay) if settings.ema_decay is not None else None
+    start, timing = 0, {"seconds": 0.0, "images": 0.0}
+    if resume and stage.checkpoint.is_file():
+        start, timing = _restore(stage, settings, optimizers, ema)
+
+    sampler = ResumableBatches(len(stage.train_data), settings.batch_size, seed, start)
+    # Private generators: a DataLoader otherwise draws its worker seed from the global stream the steps use,
+    # which would shift a resumed run's random numbers.
+    batches = iter(DataLoader(stage.train_data, batch_sampler=sampler, num_workers=cfg.training.num_workers,
+                              generator=torch.Generator().manual_seed(seed), pin_memory=device.type == "cuda"))
+    val_loader = DataLoader(stage.val_data, batch_size=settings.batch_size, generator=torch.Generator())
+    val_batches = [batch_to(b, device) for b in itertools.islice(val_loader, settings.val_batches)]
+    window = _Window()
+    stage.model.train()
+    with _ProgressReport(prefix, settings.steps, start) as progress:
+        for step in range(start + 1, settings.steps + 1):
+            tic = time.perf_counter()
+            batch = batch_to(next(batches), device)
+            loss, stats = _optimise(stage.step, batch, step, settings, optimizers, groups, device)
+            if ema is not None:
+                ema.update(stage.model)
+            elapsed, images = time.perf_counter() - tic, len(batch["image"])
+            window.add(loss, stats, elapsed, images)
+            timing["seconds"] += elapsed
+            timing["images"] += images
+
+            last = step == settings.steps
+            if step % settings.checkpoint_every == 0 or last:
+                save_checkpoint(stage.checkpoint, step=step, model=stage.model, optimizers=optimizers, ema=ema,
+                                data_order=sampler.state(step), config=cfg,
+                                extras={**stage.extras, "timing": dict(timing)})
+            if step % settings.log_every == 0 or last:
+                metrics = {f"{prefix}/{k}": v for k, v in window.means().items()}
+                metrics[f"{prefix}/lr"] = lr_at(step, settings)
+                if val_batches:
+                    with _evaluation(stage.model, device, seed):
+                        metrics[VAL_METRIC[stage.name]] = _mean_val_loss(stage.step, val_batches)
+                tracker.log_metrics(metrics, step=step)
+                progress.update(step, metrics)
+                if val_batches and on_eval is not None:
+                    on_eval("val_loss", metrics[VAL_METRIC[stage.name]], step)
+                window = _Window()
+            else:
+                progress.update(step)
+            if step % settings.image_every == 0 and val_batches:
+                averaged = ema.swapped_in(stage.model) if ema is not None else contextlib.nullcontext()
+                with averaged, _evaluation(stage.model, device, seed):
+                    tracker.log_image(stage.step.preview(val_batches[0]), key=stage.preview_key, step=step)
+    return TrainedStage(ema=ema, images_per_s=timing["images"] / max(timing["seconds"], 1e-9),
+                        train_seconds=timing["seconds"])
+
+
+def _mean_val_loss(step_fn: TrainingStep, batches: list[Batch]) -> float:
+    return sum(float(step_fn.val_loss(batch)) for batch in batches) / len(batches)
+
+
+class _Window:
+    """Running sums between two log steps."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.steps, self.seconds, self.images = 0, 0.0, 0
+
+    def add(self, loss: float, stats: dict[str, float], seconds: float, images: int) -> None:
+        for k, v in {"loss": loss, **stats}.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.steps += 1
+        self.seconds += seconds
+        self.images += images
+
+    def means(self) -> dict[str, float]:
+        """Mean loss and stats over the window, and its throughput."""
+        means = {k: v / self.steps for k, v in self.sums.items()}
+        means["images_per_s"] = self.images / max(self.seconds, 1e-9)
+        return means
+
+
+def _optimise(step_fn: TrainingStep, batch: Batch, step: int, settings: StageTrainingConfig,
+              optimizers: dict[str, torch.optim.Optimizer], groups: dict[str, list[nn.Parameter]],
+              device: torch.device) -> tuple[float, dict[str, float]]:
+    """One update of every parameter group from its own loss; returns the first group's loss and the stats."""
+    with autocast(device):
+        out = step_fn.losses(batch, step)
+    values = {name: float(loss.detach()) for name, loss in out.losses.items()}
+    bad = next((v for v in values.values() if not math.isfinite(v)), None)
+    if bad is not None:
+        raise DivergedError(step, bad)
+    present = [name for name in groups if name in out.losses]
+    for name, params in groups.items():
+        # Each group gets the gradient of its own loss only (a generator loss must not move the discriminator);
+        # a group without a loss this step (a discriminator before it starts) is left as it is.
+        grads = (torch.autograd.grad(out.losses[name], params, retain_graph=name != present[-1], allow_unused=True)
+                 if name in out.losses else [None] * len(params))
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g
+        if settings.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
+        for group in optimizers[name].param_groups:
+            group["lr"] = lr_at(step, settings)
+    for opt in optimizers.values():
+        opt.step()
+    return values[present[0]], out.stats
+
+
+def _restore(stage: Stage, settings: StageTrainingConfig, optimizers: dict[str, torch.optim.Optimizer],
+             ema: EMA | None) -> tuple[int, dict[str, float]]:
+    """Load model, optimisers, EMA and RNG from the stage checkpoint; returns its step and timing."""
+    ckpt = read_checkpoint(stage.checkpoint)
+    order = ckpt["data_order"]
+    if (order["size"], order["batch_size"]) != (len(stage.train_data), settings.batch_size):
+        raise DataError(f"cannot resume from '{stage.checkpoint}': it was trained on {order['size']} images in "
+                        f"batches of {order['batch_size']}, this run has {len(stage.train_data)} in batches of "
+                        f"{settings.batch_size}")
+    stage.model.load_state_dict(ckpt["model"])
+    for name, opt in optimizers.items():
+        opt.load_state_dict(ckpt["optimizers"][name])
+    if ema is not None and ckpt["ema"] is not None:
+        ema.load_state_dict(ckpt["ema"])
+    restore_rng(ckpt["rng"])
+    return int(ckpt["step"]), dict(ckpt["extras"]["timing"])

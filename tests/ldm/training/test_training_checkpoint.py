@@ -1,0 +1,77 @@
+"""Checkpoints: safe loading, atomic writes, config round trip, readable errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from ldm.config import load_config
+from ldm.errors import UserError
+from ldm.training.checkpoint import checkpoint_config, model_weights, read_checkpoint, save_checkpoint
+from ldm.training.ema import EMA
+
+
+def write(path: Path, step: int, ema: EMA | None = None) -> nn.Module:
+    torch.manual_seed(step)
+    model = nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.randn(4, 3)).sum().backward()
+    optimizer.step()
+    cfg = load_config(preset="tiny", overrides=["autoencoder.f=4"])
+    save_checkpoint(path, step=step, model=model, optimizers={"model": optimizer}, ema=ema,
+                    data_order={"size": 10, "batch_size": 2, "seed": 0, "next_batch": step}, config=cfg,
+                    extras={"scale_factor": 0.5, "class_names": ["a", "b"]})
+    return model
+
+
+def test_checkpoint_loads_with_weights_only_and_round_trips_the_config(tmp_path: Path) -> None:
+    path = tmp_path / "c.pt"
+    model = write(path, step=3)
+    ckpt = torch.load(path, weights_only=True)
+    assert ckpt["step"] == 3 and ckpt["extras"] == {"scale_factor": 0.5, "class_names": ["a", "b"]}
+    assert set(ckpt["rng"]) == {"torch", "cuda"} and ckpt["optimizers"]["model"]["state"]
+    assert checkpoint_config(read_checkpoint(path)) == load_config(preset="tiny", overrides=["autoencoder.f=4"])
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in ckpt["model"].items())
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temporary file left behind
+
+
+def test_model_weights_prefer_ema_when_asked(tmp_path: Path) -> None:
+    model = nn.Linear(3, 2)
+    ema = EMA(model, 0.9)
+    ema.shadow["weight"].fill_(5.0)
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, step=1, model=model, optimizers={}, ema=ema, data_order={}, extras={},
+                    config=load_config(preset="tiny"))
+    ckpt = read_checkpoint(path)
+    assert torch.all(model_weights(ckpt, use_ema=True)["weight"] == 5.0)
+    assert torch.equal(model_weights(ckpt, use_ema=False)["weight"], model.weight.detach())
+
+
+def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "c.pt"
+    write(path, step=1)
+
+    def crash_midway(obj: object, f: Path) -> None:
+        Path(f).write_bytes(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash_midway)
+    with pytest.raises(OSError, match="disk full"):
+        write(path, step=2)
+    monkeypatch.undo()
+    assert read_checkpoint(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+
+
+def test_missing_and_foreign_files_are_user_errors(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"checkpoint '.*nope.pt' does not exist"):
+        read_checkpoint(tmp_path / "nope.pt")
+    (tmp_path / "junk.pt").write_text("not a checkpoint")
+    with pytest.raises(UserError, match=r"checkpoint '.*junk.pt' cannot be read"):
+        read_checkpoint(tmp_path / "junk.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(UserError, match=r"'.*other.pt' is not a checkpoint written by `ldm train`"):
+        read_checkpoint(tmp_path / "other.pt")

@@ -1,0 +1,165 @@
+"""`ldm train`, `ldm sample` and `ldm eval-ae` through typer's CliRunner, mounted as the root app mounts them."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner, Result
+
+from ldm.paths import WORKDIR_ENV
+from ldm_cli.main import app
+
+TINY = [
+    "data.name=shapes", "data.shapes_count=200", "data.resolution=16", "training.device=cpu",
+    "autoencoder.f=2", "autoencoder.base_channels=8", "autoencoder.channel_mult=[1]",
+    "diffusion.unet.base_channels=8", "diffusion.unet.channel_mult=[1]", "diffusion.unet.attention_resolutions=[]",
+    "diffusion.unet.context_dim=8", "diffusion.conditioning=class",
+    "training.autoencoder.steps=3", "training.diffusion.steps=3",
+    "training.autoencoder.batch_size=8", "training.diffusion.batch_size=8",
+]
+
+
+def ldm(workdir: Path, *args: str) -> Result:
+    # The root callback exports --workdir as $LDM_WORKDIR; CliRunner restores the environment afterwards.
+    return CliRunner().invoke(app, ["--workdir", str(workdir), *args], env={WORKDIR_ENV: str(workdir)})
+
+
+def overrides(*extra: str) -> list[str]:
+    return [arg for override in (*TINY, *extra) for arg in ("-o", override)]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """(workdir, first-stage checkpoint, diffusion checkpoint) of a class-conditional model trained by the CLI."""
+    workdir = tmp_path_factory.mktemp("work")
+    result = ldm(workdir, "train", "--no-track", *overrides())
+    assert result.exit_code == 0, result.output
+    first_stage = re.search(r"first-stage checkpoint: (\S+)", result.output)
+    diffusion = re.search(r"diffusion checkpoint: (\S+)", result.output)
+    assert first_stage and diffusion
+    return workdir, Path(first_stage[1]), Path(diffusion[1])
+
+
+def test_train_writes_both_stages_under_the_workdir(trained: tuple[Path, Path, Path]) -> None:
+    workdir, first_stage, diffusion = trained
+    assert first_stage.is_file() and first_stage.is_relative_to(workdir / "first_stages")
+    assert diffusion.is_file() and diffusion.is_relative_to(workdir / "runs")
+    assert not (workdir / "mlflow").exists()  # --no-track
+
+
+def test_train_diffusion_stage_with_a_given_first_stage(trained: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    _, first_stage, _ = trained
+    result = ldm(tmp_path, "train", "--no-track", "--stage", "diffusion", "--first-stage", str(first_stage),
+                 *overrides())
+    assert result.exit_code == 0, result.output
+    assert "first-stage checkpoint" not in result.output
+    assert not (tmp_path / "first_stages").exists()  # nothing retrained in the new workdir
+
+
+def test_sample_writes_a_grid_and_single_images(trained: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    workdir, _, diffusion = trained
+    out, single = tmp_path / "grid.png", tmp_path / "single"
+    result = ldm(workdir, "sample", "--checkpoint", str(diffusion), "--n", "3", "--steps", "2", "--label", "1",
+                 "--guidance", "2.0", "--seed", "3", "--out", str(out), "--save-individual", str(single))
+    assert result.exit_code == 0, result.output
+    assert Image.open(out).size[0] > 0
+    assert sorted(p.name for p in single.iterdir()) == ["00000.png", "00001.png", "00002.png"]
+    tile = Image.open(single / "00000.png")
+    assert tile.size == (16, 16) and tile.mode == "L"  # native size and channels, not a grid tile
+    again = tmp_path / "again"
+    ldm(workdir, "sample", "--checkpoint", str(diffusion), "--n", "3", "--steps", "2", "--label", "1",
+        "--guidance", "2.0", "--seed", "3", "--out", str(tmp_path / "grid2.png"), "--save-individual", str(again))
+    assert np.array_equal(np.asarray(Image.open(again / "00000.png")), np.asarray(tile))  # the seed fixes them
+
+
+def test_sample_default_grid_goes_to_the_workdir(trained: tuple[Path, Path, Path]) -> None:
+    workdir, _, diffusion = trained
+    result = ldm(workdir, "sample", "--checkpoint", str(diffusion), "--n", "2", "--steps", "1")
+    assert result.exit_code == 0, result.output
+    assert (workdir / "samples" / "grid.png").is_file()
+
+
+def test_eval_ae_prints_and_writes_rate_distortion(trained: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    workdir, first_stage, _ = trained
+    out = tmp_path / "rd.json"
+    result = ldm(workdir, "eval-ae", "--checkpoint", str(first_stage), "--split", "test", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(out.read_text())
+    assert set(metrics) == {"psnr", "ssim", "mse", "bpp", "latent_ratio"}
+    assert f"psnr: {metrics['psnr']:.6g}" in result.output
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["sample", "--checkpoint", "missing.pt"], "checkpoint 'missing.pt' does not exist"),
+    (["sample", "--checkpoint", "{diffusion}", "--label", "7"], "label 7 is out of range; allowed: 0..4"),
+    (["sample", "--checkpoint", "{diffusion}", "--prompt", "a red circle"],
+     "conditioning='class': prompts cannot be given; allowed: labels"),
+    (["sample", "--checkpoint", "{diffusion}", "--label", "1", "--prompt", "x"], "either --label or --prompt"),
+    (["sample", "--checkpoint", "{diffusion}", "--mask-from", "nope.png"],
+     "--mask-from image 'nope.png' does not exist"),
+    (["sample", "--checkpoint", "{first_stage}"], "is a first-stage checkpoint"),
+    (["eval-ae", "--checkpoint", "missing.pt"], "checkpoint 'missing.pt' does not exist"),
+    (["train", "--first-stage", "{first_stage}"], "--first-stage is used with --stage diffusion only"),
+    (["train", "--stage", "diffusion", "--first-stage", "missing.pt"], "checkpoint 'missing.pt' does not exist"),
+    (["train", "--stage", "diffusion", "--retrain"], "--retrain retrains the first stage"),
+    (["train", "-o", "autoencoder.f=3"], "autoencoder.f=3 is not a power of two"),
+])
+def test_user_errors_are_one_line_messages(trained: tuple[Path, Path, Path], args: list[str], message: str) -> None:
+    workdir, first_stage, diffusion = trained
+    args = [a.format(diffusion=diffusion, first_stage=first_stage) for a in args]
+    result = ldm(workdir, *args)
+    assert result.exit_code == 1
+    assert message in result.output and "Traceback" not in result.output
+
+
+def train_model(workdir: Path, conditioning: str) -> str:
+    result = ldm(workdir, "train", "--no-track", *overrides(f"diffusion.conditioning={conditioning}"))
+    assert result.exit_code == 0, result.output
+    diffusion = re.search(r"diffusion checkpoint: (\S+)", result.output)
+    assert diffusion
+    return diffusion[1]
+
+
+def test_label_on_an_unconditional_model_is_refused(tmp_path: Path) -> None:
+    refused = ldm(tmp_path, "sample", "--checkpoint", train_model(tmp_path, "none"), "--label", "1")
+    assert refused.exit_code == 1
+    assert "conditioning='none': labels cannot be given; allowed: no condition" in refused.output
+
+
+def test_inpainting_from_an_image_file(tmp_path: Path) -> None:
+    checkpoint = train_model(tmp_path, "concat")
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(photo)
+    out = tmp_path / "inpainted.png"
+    result = ldm(tmp_path, "sample", "--checkpoint", checkpoint, "--n", "2", "--steps", "1", "--mask-from",
+                 str(photo), "--mask-box", "0,0,0.5,0.5", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert out.is_file()
+    for box, message in [("0.5,0,0.2,1", "must satisfy 0 <= x0 < x1 <= 1"), ("1,2", "not four comma-separated")]:
+        bad = ldm(tmp_path, "sample", "--checkpoint", checkpoint, "--mask-from", str(photo), "--mask-box", box)
+        assert bad.exit_code == 1 and message in bad.output
+    missing = ldm(tmp_path, "sample", "--checkpoint", checkpoint)
+    assert missing.exit_code == 1 and "needs masked_images and masks" in missing.output
+
+
+def test_tracked_training_logs_one_mlflow_run(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from ldm.paths import default_tracking_uri
+
+    result = ldm(tmp_path, "train", "--stage", "autoencoder", *overrides("tracking.experiment=cli-test"))
+    assert result.exit_code == 0, result.output
+    client = MlflowClient(tracking_uri=default_tracking_uri(tmp_path))
+    experiment = client.get_experiment_by_name("cli-test")
+    assert experiment is not None
+    [run] = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert {"ae/loss", "ae/lr", "ae/images_per_s", "ae/val_loss", "psnr", "bpp"} <= run.data.metrics.keys()
+    assert run.data.params["autoencoder.f"] == "2" and run.data.tags["ldm.config_hash"]
+    history = client.get_metric_history(run.info.run_id, "ae/loss")
+    assert [m.step for m in history] == [3]  # log_every 25 > steps: logged at the last step only

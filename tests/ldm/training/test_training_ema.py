@@ -1,0 +1,60 @@
+"""EMA weights against the closed form of the exponential moving average."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from ldm.training.ema import EMA
+
+
+def test_shadow_follows_the_closed_form() -> None:
+    model = nn.Linear(3, 2)
+    start = model.weight.detach().clone()
+    ema, decay = EMA(model, 0.9), 0.9
+    values = [torch.full_like(start, v) for v in (1.0, -2.0, 0.5, 4.0)]
+    for value in values:
+        with torch.no_grad():
+            model.weight.copy_(value)
+        ema.update(model)
+    n = len(values)
+    # s_n = d^n s_0 + (1 - d) * sum_k d^(n - k) p_k
+    expected = decay**n * start + (1 - decay) * sum(decay ** (n - k) * v for k, v in enumerate(values, 1))
+    torch.testing.assert_close(ema.shadow["weight"], expected, rtol=0, atol=1e-6)
+
+
+def test_constant_weights_converge_geometrically() -> None:
+    model = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    ema = EMA(model, 0.5)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    for _ in range(3):
+        ema.update(model)
+    assert ema.shadow["weight"].item() == pytest.approx(1 - 0.5**3)
+
+
+def test_swapped_in_uses_shadow_then_restores_and_keeps_buffers() -> None:
+    model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    ema = EMA(model, 0.99)
+    assert set(ema.shadow) == {name for name, _ in model.named_parameters()}  # buffers are not averaged
+    trained = {k: v.clone() for k, v in model.state_dict().items()}
+    for name in ema.shadow:
+        ema.shadow[name].fill_(7.0)
+    with ema.swapped_in(model):
+        assert all(torch.all(p == 7.0) for p in model.parameters())
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, trained[k])
+
+
+def test_state_round_trip_and_decay_range() -> None:
+    model = nn.Linear(2, 2)
+    ema = EMA(model, 0.9)
+    ema.shadow["bias"].fill_(3.0)
+    other = EMA(nn.Linear(2, 2), 0.9)
+    other.load_state_dict(ema.state_dict())
+    assert torch.equal(other.shadow["bias"], torch.full((2,), 3.0))
+    with pytest.raises(ValueError, match=r"decay=1\.0 must lie strictly between 0 and 1"):
+        EMA(model, 1.0)
