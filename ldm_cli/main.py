@@ -14,6 +14,8 @@ from ldm.commands import data as data_cmd
 from ldm.commands import train as train_cmd
 from ldm.errors import UserError
 from ldm.paths import WORKDIR_ENV
+from reports import cli as reports_cli
+from sweeps import cli as sweep_cli
 
 
 class _FriendlyErrors(TyperGroup):
@@ -50,3 +52,6 @@ app.add_typer(data_cmd.app, name="data")
 app.command("train")(train_cmd.train)
 app.command("sample")(train_cmd.sample)
 app.command("eval-ae")(train_cmd.eval_ae)
+app.add_typer(sweep_cli.app, name="sweep")
+app.command("ui")(sweep_cli.ui)
+app.command("report")(reports_cli.report)

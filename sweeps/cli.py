@@ -1,0 +1,127 @@
+"""`ldm sweep` (run, status, list, validate) and `ldm ui`.
+
+The study, MLflow and worker modules load inside the commands that need them: they pull in torch
+and MLflow, which would slow every `ldm` invocation down by seconds.
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+from typing import Annotated, Optional
+
+import typer
+
+from ldm.paths import resolve_workdir
+from sweeps.spec import load_spec, shipped_spec_names
+
+app = typer.Typer(help="Optuna studies over config fields; every trial is an MLflow run.", no_args_is_help=True)
+
+SpecArgument = Annotated[str, typer.Argument(help="Spec YAML file, or a shipped spec by name (`ldm sweep list`).")]
+StorageOption = Annotated[Optional[str], typer.Option(
+    "--storage", help="Optuna storage URL or journal file (default: <workdir>/sweeps/<study>/journal.log).")]
+TrackingOption = Annotated[Optional[str], typer.Option(
+    "--tracking-uri", help="MLflow tracking URI (default: SQLite under <workdir>/mlflow).")]
+
+
+@app.command("run")
+def run(
+    spec: SpecArgument,
+    n_trials: Annotated[Optional[int], typer.Option(
+        "--n-trials", min=1, help="Finished trials the study should reach, earlier runs' included "
+        "(default: the spec's n_trials; a grid: every point).")] = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Local worker processes (one GPU each "
+                                         "when several are visible).")] = 1,
+    storage: StorageOption = None,
+    tracking_uri: TrackingOption = None,
+) -> None:
+    """Run a study, or resume it: rerunning the same command finishes what is left."""
+    from sweeps.runs import mlflow_ui_command
+    from sweeps.workers import INTERRUPTED_EXIT, run_sweep
+
+    sweep = load_spec(spec)
+    workdir = resolve_workdir()
+    objectives = ", ".join(f"{o.metric} ({o.direction})" for o in sweep.objectives)
+    typer.echo(f"study {sweep.name}: sampler {sweep.sampler}, objectives {objectives}")
+    summary = run_sweep(sweep, workdir, n_trials, workers, storage, tracking_uri, log=typer.echo)
+    states = ", ".join(f"{n} {state.lower()}" for state, n in sorted(summary.states.items()))
+    typer.echo(f"study {summary.study}: {states} trials; wall time {summary.wall_s:.1f} s")
+    label = "Pareto front" if len(summary.objectives) > 1 else "best"
+    for t in summary.best_trials:
+        values = "  ".join(f"{name}={v:.4g}" for name, v in zip(summary.objectives, t.values))
+        typer.echo(f"{label}: trial {t.number}  {values}")
+    typer.echo(f"MLflow UI: {shlex.join(mlflow_ui_command(summary.tracking_uri, workdir))}")
+    if summary.interrupted:
+        typer.echo("interrupted: run the same command again to resume", err=True)
+        raise typer.Exit(INTERRUPTED_EXIT)
+
+
+@app.command("status")
+def status(
+    study: Annotated[str, typer.Argument(help="Study name (the spec's `name`).")],
+    storage: StorageOption = None,
+) -> None:
+    """Every trial of a study: state, params, objectives, duration; the Pareto front of several objectives."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from sweeps.study import sweep_status
+
+    frame = sweep_status(study, resolve_workdir(), storage)
+    objectives = frame.attrs["objectives"]
+    fixed = {"number", "state", "seed", *objectives, "duration_s", "fail_reason", "mlflow_run_id", "pareto"}
+    params = [c for c in frame.columns if c not in fixed]
+    table = Table(title=f"study {study}")
+    for column in ["#", "state", *params, "seed", *objectives, "seconds", "note"]:
+        table.add_column(column)
+    for r in frame.to_dict("records"):
+        table.add_row(
+            f"{r['number']}{'*' if r['pareto'] else ''}", r["state"], *(_cell(r[p]) for p in params),
+            _cell(r["seed"]), *(_cell(r[o]) for o in objectives), _cell(r["duration_s"], ".1f"),
+            _cell(r["fail_reason"]))
+    Console().print(table)
+    front = frame.loc[frame["pareto"], "number"].tolist() if len(frame) else []
+    label = "Pareto front" if len(objectives) > 1 else "best"
+    typer.echo(f"{label} (*): trials {', '.join(map(str, front)) or 'none yet'}")
+
+
+def _cell(value: object, float_format: str = ".4g") -> str:
+    if value is None or value != value:  # None, or NaN from an empty DataFrame cell
+        return ""
+    if isinstance(value, float):
+        return format(value, float_format)
+    return str(value)
+
+
+@app.command("list")
+def list_specs() -> None:
+    """The shipped specs, runnable by name."""
+    for name in shipped_spec_names():
+        typer.echo(f"{name}: {load_spec(name).description}")
+
+
+@app.command("validate")
+def validate(spec: SpecArgument) -> None:
+    """Check a spec (fields, dotted paths, every choice and grid point); exit 1 with the reason if invalid."""
+    sweep = load_spec(spec)
+    budget = sweep.trial_budget(None)
+    trials = f"{budget} trials" if budget else f"until {sweep.timeout_s} s"
+    typer.echo(f"{spec}: valid (study {sweep.name}, sampler {sweep.sampler}, {len(sweep.space)} params, {trials})")
+
+
+def ui(
+    host: Annotated[str, typer.Option(help="Interface to bind; keep loopback unless you mean to share it.")
+                    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the MLflow UI.")] = 5000,
+    tracking_uri: TrackingOption = None,
+) -> None:
+    """Start the MLflow UI on the sweep runs, and print the optuna-dashboard command of each study."""
+    from sweeps.runs import mlflow_ui_command, resolve_tracking_uri
+    from sweeps.study import JOURNAL_NAME, sweeps_root
+
+    workdir = resolve_workdir()
+    for journal in sorted(sweeps_root(workdir).glob(f"*/{JOURNAL_NAME}")):
+        typer.echo(f"Optuna dashboard of {journal.parent.name}: optuna-dashboard {shlex.quote(str(journal))}")
+    command = mlflow_ui_command(resolve_tracking_uri(workdir, tracking_uri), workdir, host, port)
+    typer.echo(f"MLflow UI on http://{host}:{port}: {shlex.join(command)}")
+    subprocess.run(command, check=False)

@@ -1,0 +1,25 @@
+"""The trial function of a sweep: train (or reuse) the first stage, train the diffusion model, evaluate."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from ldm.config import ExperimentConfig
+from ldm.tracking import Tracker
+
+# `report(metric, value, step)`: an intermediate result (val_loss, fid_<extractor>) for the pruner.
+Reporter = Callable[[str, float, int], None]
+TrialFn = Callable[[ExperimentConfig, Path, Tracker, Reporter], dict[str, float]]
+
+
+def run_trial(cfg: ExperimentConfig, workdir: Path, tracker: Tracker, report: Reporter) -> dict[str, float]:
+    """Every metric of one configuration; a first stage with the same `first_stage_hash()` is reused."""
+    # Imported here so that the study machinery (status, validation, the CLI) loads without the model code.
+    from evaluation import evaluate_experiment
+    from ldm.training.autoencoder_stage import train_autoencoder
+    from ldm.training.diffusion_stage import train_diffusion
+
+    first_stage = train_autoencoder(cfg, workdir, tracker)
+    diffusion = train_diffusion(cfg, workdir, tracker, first_stage, on_eval=report)
+    return evaluate_experiment(cfg, diffusion, workdir, tracker)

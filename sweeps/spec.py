@@ -1,0 +1,321 @@
+"""A sweep spec: which config fields to vary, what to optimise, and how Optuna searches."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args
+
+import optuna
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from evaluation.metric_catalog import CATALOG, Direction, metric_info
+from ldm.config import ExperimentConfig, ExtractorName, build_config, format_validation_error, load_config
+from ldm.errors import ConfigError, UserError
+
+SamplerName = Literal["grid", "tpe", "nsga2", "random"]
+PrunerName = Literal["none", "median", "hyperband"]
+SPEC_SUFFIX = ".yaml"
+# Found beside this module: importlib.resources cannot list a package that an editable install maps as a
+# namespace package.
+SHIPPED_SPECS = Path(__file__).resolve().parent
+# The sweep sets these itself: the seed from `seeds`, the run name and tracking from the study.
+RESERVED_PATHS = {"training.seed": "list the seeds under `seeds`", "name": "the study names its trials",
+                  "tracking": "the study owns tracking"}
+PRUNE_METRICS = ["val_loss", *(f"fid_{e}" for e in get_args(ExtractorName))]
+
+
+class SpecError(UserError):
+    """An invalid sweep spec; the message names the field, the value and what is allowed."""
+
+
+class _SpecModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CategoricalParam(_SpecModel):
+    type: Literal["categorical"]
+    choices: list[Any] = Field(min_length=1)
+
+    @field_validator("choices")
+    @classmethod
+    def _scalars(cls, choices: list[Any]) -> list[Any]:
+        for c in choices:
+            if c is not None and not isinstance(c, (bool, int, float, str)):
+                raise ValueError(f"choice {c!r} is not allowed; allowed: str, int, float, bool or null "
+                                 "(Optuna cannot store lists or mappings as categorical choices)")
+        if len({json.dumps(c) for c in choices}) < len(choices):
+            raise ValueError(f"choices {choices} repeat a value; each choice must be distinct")
+        return choices
+
+    def probe_values(self) -> list[Any]:
+        return list(self.choices)
+
+    def suggest(self, trial: optuna.Trial, name: str) -> Any:
+        return trial.suggest_categorical(name, self.choices)
+
+
+class IntParam(_SpecModel):
+    type: Literal["int"]
+    low: int
+    high: int
+    step: int = Field(1, ge=1)
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _range(self) -> IntParam:
+        if self.low > self.high:
+            raise ValueError(f"low={self.low} exceeds high={self.high}")
+        if self.log and (self.low < 1 or self.step != 1):
+            raise ValueError(f"log=true needs low >= 1 and step 1 (got low={self.low}, step={self.step})")
+        return self
+
+    def probe_values(self) -> list[Any]:
+        return [self.low, self.high]
+
+    def suggest(self, trial: optuna.Trial, name: str) -> Any:
+        return trial.suggest_int(name, self.low, self.high, step=self.step, log=self.log)
+
+
+class FloatParam(_SpecModel):
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _range(self) -> FloatParam:
+        if self.low > self.high:
+            raise ValueError(f"low={self.low} exceeds high={self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log=true needs low > 0 (got low={self.low})")
+        return self
+
+    def probe_values(self) -> list[Any]:
+        return [self.low, self.high]
+
+    def suggest(self, trial: optuna.Trial, name: str) -> Any:
+        return trial.suggest_float(name, self.low, self.high, log=self.log)
+
+
+Param = Annotated[CategoricalParam | IntParam | FloatParam, Field(discriminator="type")]
+
+
+class BaseSpec(_SpecModel):
+    """The config every trial starts from: a preset or a config file (default preset `tiny`), then overrides."""
+
+    preset: str | None = None
+    config: Path | None = None
+    overrides: list[str] = Field(default_factory=list)
+
+    def load(self) -> ExperimentConfig:
+        return load_config(self.config, self.preset, self.overrides)
+
+
+class Objective(_SpecModel):
+    metric: str
+    direction: Direction | None = Field(None, description="default: the metric catalog's direction")
+
+    @model_validator(mode="after")
+    def _known_metric(self) -> Objective:
+        try:
+            info = metric_info(self.metric)
+        except KeyError:
+            raise ValueError(
+                f"unknown metric '{self.metric}'; allowed: {', '.join(CATALOG)} "
+                "(also as g<scale>/<metric> or ddim<K>/<metric>)") from None
+        if self.direction is None:
+            self.direction = info.direction
+        elif self.direction != info.direction:
+            raise ValueError(f"metric '{self.metric}' can only be {info.direction}d, "
+                             f"not {self.direction}d")
+        return self
+
+
+@dataclass(frozen=True)
+class TrialPoint:
+    """One configuration to run: the swept values by dotted path, and the training seed."""
+
+    params: dict[str, Any]
+    seed: int
+
+    def key(self) -> str:
+        return json.dumps([self.params, self.seed], sort_keys=True)
+
+
+class SweepSpec(_SpecModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$", description="study name")
+    description: str = ""
+    base: BaseSpec = Field(default_factory=BaseSpec)
+    space: dict[str, Param] = Field(default_factory=dict)
+    objectives: list[Objective] = Field(min_length=1)
+    sampler: SamplerName | None = Field(None, description="default: nsga2 for several objectives, else tpe")
+    pruner: PrunerName = "none"
+    prune_on: str = "val_loss"
+    n_trials: int | None = Field(None, ge=1, description="default for grid: every point once")
+    timeout_s: float | None = Field(None, gt=0)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) < len(seeds):
+            raise ValueError(f"seeds={seeds} repeat a seed; each seed must be distinct")
+        return seeds
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SweepSpec:
+        if self.sampler is None:
+            self.sampler = "nsga2" if len(self.objectives) > 1 else "tpe"
+        self._check_search()
+        self._check_pruning()
+        self._check_configs()
+        return self
+
+    def _check_search(self) -> None:
+        if self.sampler == "grid":
+            ranged = [p for p, param in self.space.items() if not isinstance(param, CategoricalParam)]
+            if ranged:
+                raise ValueError(f"sampler 'grid' needs categorical params, but space.{ranged[0]} is "
+                                 f"{self.space[ranged[0]].type}; use {{type: categorical, choices: [...]}} "
+                                 "or sampler tpe, nsga2 or random")
+            if self.n_trials is not None and self.n_trials > self.grid_size:
+                raise ValueError(f"n_trials={self.n_trials} exceeds the grid's {self.grid_size} points "
+                                 "(grid points never repeat); allowed: <= grid size")
+        elif self.n_trials is None and self.timeout_s is None:
+            raise ValueError(f"sampler '{self.sampler}' needs n_trials or timeout_s (only a grid ends by itself)")
+
+    def _check_pruning(self) -> None:
+        if self.prune_on not in PRUNE_METRICS:
+            raise ValueError(f"prune_on='{self.prune_on}' is not allowed; allowed: {', '.join(PRUNE_METRICS)}")
+        if self.pruner == "none":
+            return
+        if len(self.objectives) > 1:
+            names = ", ".join(o.metric for o in self.objectives)
+            raise ValueError(f"pruner '{self.pruner}' needs a single objective, but there are "
+                             f"{len(self.objectives)} ({names}); allowed with several objectives: pruner none")
+        if self.objectives[0].direction != "minimize":
+            raise ValueError(f"pruner '{self.pruner}' prunes on {self.prune_on} (lower is better), so the "
+                             f"objective must be minimized; '{self.objectives[0].metric}' is maximized")
+
+    def _check_configs(self) -> None:
+        base = _as_value_error("", self.base.load)
+        for path, param in self.space.items():
+            _check_path(path)
+            for value in param.probe_values():
+                point = TrialPoint({path: value}, self.seeds[0])
+                _as_value_error(f"space.{path}={value!r}: ", self.trial_config, point)
+        if self.sampler == "grid":
+            for point in self.grid_points():
+                _as_value_error(f"grid point {point.params}: ", self.trial_config, point)
+        if self.pruner != "none" and self.prune_on.startswith("fid_"):
+            extractor = self.prune_on.removeprefix("fid_")
+            if base.evaluation.fid_every is None or extractor not in base.evaluation.extractors:
+                raise ValueError(f"prune_on='{self.prune_on}' needs intermediate FIDs: set "
+                                 f"evaluation.fid_every and include '{extractor}' in evaluation.extractors")
+
+    @property
+    def grid_size(self) -> int:
+        return math.prod(len(p.choices) for p in self.space.values()) * len(self.seeds)
+
+    def grid_points(self) -> list[TrialPoint]:
+        """Every grid point, all configurations for the first seed before the next seed."""
+        paths = list(self.space)
+        combos = list(itertools.product(*(self.space[p].probe_values() for p in paths)))
+        return [TrialPoint(dict(zip(paths, combo)), seed) for seed in self.seeds for combo in combos]
+
+    def trial_budget(self, n_trials: int | None) -> int | None:
+        """Finished trials the study should reach: the explicit count, else the spec's, else the grid size."""
+        n = n_trials or self.n_trials
+        if self.sampler != "grid":
+            return n
+        if n is not None and n > self.grid_size:
+            raise SpecError(f"n_trials={n} exceeds the grid's {self.grid_size} points of study "
+                            f"'{self.name}'; allowed: <= {self.grid_size}")
+        return n or self.grid_size
+
+    def trial_config(self, point: TrialPoint) -> ExperimentConfig:
+        # JSON is valid YAML, so every value (a string like "1" included) survives the override parser.
+        overrides = [f"{path}={json.dumps(value)}" for path, value in point.params.items()]
+        return build_config(self.base.load().model_dump(mode="json"), [*overrides, f"training.seed={point.seed}"])
+
+    def objective_values(self, metrics: dict[str, float]) -> list[float]:
+        """The objectives in spec order; a missing or non-finite one is an error of the trial."""
+        values = []
+        for o in self.objectives:
+            if o.metric not in metrics:
+                raise KeyError(f"the trial returned no '{o.metric}'; it returned: {', '.join(sorted(metrics))}")
+            value = float(metrics[o.metric])
+            if not math.isfinite(value):
+                raise ValueError(f"objective {o.metric} is {value}")
+            values.append(value)
+        return values
+
+
+def _as_value_error(prefix: str, build: Callable[..., ExperimentConfig], *args: Any) -> ExperimentConfig:
+    """Build a config inside a validator, turning its ConfigError into a ValueError that pydantic reports."""
+    try:
+        return build(*args)
+    except ConfigError as e:
+        raise ValueError(f"{prefix}{e}") from None
+
+
+def _check_path(path: str) -> None:
+    """A swept path must name a leaf field of ExperimentConfig that the sweep does not set itself."""
+    for reserved, why in RESERVED_PATHS.items():
+        if path == reserved or path.startswith(f"{reserved}."):
+            raise ValueError(f"space.{path} cannot be swept: {why}")
+    model: type[BaseModel] = ExperimentConfig
+    parts = path.split(".")
+    for i, part in enumerate(parts):
+        where = ".".join(parts[:i]) or "the config"
+        if part not in model.model_fields:
+            raise ValueError(f"space: unknown config field '{path}'; fields of {where}: "
+                             f"{', '.join(model.model_fields)}")
+        annotation = model.model_fields[part].annotation
+        is_section = isinstance(annotation, type) and issubclass(annotation, BaseModel)
+        if i < len(parts) - 1 and not is_section:
+            raise ValueError(f"space: '{'.'.join(parts[: i + 1])}' is a value, not a section, in '{path}'")
+        if i == len(parts) - 1 and is_section:
+            raise ValueError(f"space: '{path}' is a section; sweep one of its fields: "
+                             f"{', '.join(annotation.model_fields)}")
+        if is_section:
+            model = annotation
+
+
+def shipped_spec_names() -> list[str]:
+    return sorted(p.name.removesuffix(SPEC_SUFFIX) for p in SHIPPED_SPECS.glob(f"*{SPEC_SUFFIX}"))
+
+
+def load_spec(spec: str | Path) -> SweepSpec:
+    """A spec from a YAML file, or a shipped spec by bare name (`quickstart`)."""
+    path = Path(spec)
+    if not path.is_file():
+        if str(spec) not in shipped_spec_names():
+            raise SpecError(f"spec '{spec}' is neither a file nor a shipped spec; shipped: "
+                            f"{', '.join(shipped_spec_names())}")
+        path = SHIPPED_SPECS / f"{spec}{SPEC_SUFFIX}"
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise SpecError(f"spec '{path}' is not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"spec '{path}' must hold a mapping (name, base, space, objectives, ...), "
+                        f"not {type(raw).__name__}")
+    base = raw.get("base")
+    if isinstance(base, dict) and base.get("config"):
+        # A config file named by the spec is found next to the spec, wherever the command runs.
+        base["config"] = str(path.parent / Path(base["config"]).expanduser())
+    return parse_spec(raw, source=str(path))
+
+
+def parse_spec(raw: dict[str, Any], source: str = "spec") -> SweepSpec:
+    try:
+        return SweepSpec.model_validate(raw)
+    except ValidationError as e:
+        raise SpecError(f"{source}: {format_validation_error(e)}") from None

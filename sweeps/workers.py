@@ -1,0 +1,338 @@
+"""Running a sweep: `run_sweep` prepares the study, then local workers claim and run trials until it is done.
+
+A worker is this process (one worker) or `python -m sweeps.workers JOB INDEX` subprocesses (several).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from optuna.storages import BaseStorage
+from optuna.trial import FrozenTrial, TrialState
+from pydantic import BaseModel
+
+from ldm.errors import UserError
+from ldm.io import atomic_write_text
+from sweeps import runs
+from sweeps.objective import Reporter, TrialFn, run_trial
+from sweeps.spec import SweepSpec, TrialPoint
+from sweeps.study import (
+    FAIL_REASON_ATTR,
+    RETRY_ATTR,
+    RUN_ID_ATTR,
+    STALE_REASON,
+    claim_trial,
+    enqueue_missing,
+    fail_stale_trials,
+    load_study,
+    objective_names,
+    open_storage,
+    open_study,
+    params_text,
+    pareto_front,
+    queue_lock,
+    storage_location,
+    study_dir,
+    suggest_point,
+    worker_identity,
+)
+
+INTERRUPTED = "interrupted"
+INTERRUPTED_EXIT = 130
+Log = Callable[[str], None]
+
+
+class WorkerJob(BaseModel):
+    """Everything a worker process needs to join a prepared study."""
+
+    spec: SweepSpec
+    workdir: Path
+    storage: str
+    tracking: runs.StudyTracking
+    budget: int | None
+    deadline: float | None
+    trial_fn: str
+
+
+class Interrupted(BaseException):
+    """Raised inside a running trial by SIGINT/SIGTERM (a BaseException, so trial code cannot swallow it)."""
+
+
+class StopSignals:
+    """SIGINT/SIGTERM: interrupt the running trial once, claim no new trial, pass the signal to children."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._in_trial = False
+        self._children: list[subprocess.Popen] = []
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield  # only the main thread can receive signals
+            return
+        previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.requested:
+            return  # a second signal must not break the clean-up of the first
+        self.requested = True
+        for child in self._children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        if self._in_trial:
+            raise Interrupted(signal.Signals(signum).name)
+
+    def forward_to(self, children: list[subprocess.Popen]) -> None:
+        self._children = children
+
+    @contextlib.contextmanager
+    def interruptible(self) -> Iterator[None]:
+        if self.requested:
+            raise Interrupted("stop requested")
+        self._in_trial = True
+        try:
+            yield
+        finally:
+            self._in_trial = False
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    number: int
+    state: TrialState
+    point: TrialPoint
+    seconds: float
+    values: dict[str, float]
+    reason: str | None
+
+    def line(self) -> str:
+        result = "  ".join(f"{k}={v:.4g}" for k, v in self.values.items()) or self.reason or ""
+        return (f"trial {self.number:<4d} {self.state.name:<8s} {params_text(self.point.params)} "
+                f"seed={self.point.seed}  {result}  ({self.seconds:.1f} s)")
+
+
+def run_trial_in_study(job: WorkerJob, study: optuna.Study, trial: optuna.Trial, trial_fn: TrialFn,
+                       stop: StopSignals) -> TrialOutcome:
+    """One claimed trial: its MLflow child run, the trial function, and its final state in both places."""
+    started = time.monotonic()
+    spec = job.spec
+    point = suggest_point(study, spec, trial)
+    trial_dir = study_dir(job.workdir, spec.name) / "trials" / f"{trial.number:05d}"
+    tracker = runs.start_trial_run(job.tracking, spec.name, trial.number)
+    trial.set_user_attr(RUN_ID_ATTR, tracker.run_id)
+
+    def finish(state: TrialState, run_status: str, reason: str | None = None, retry: bool = False,
+               values: list[float] | None = None, files: tuple[Path, ...] = ()) -> TrialOutcome:
+        runs.end_trial_run(tracker, run_status, reason, files)
+        if reason is not None:
+            trial.set_user_attr(FAIL_REASON_ATTR, reason)
+        if retry:
+            trial.set_user_attr(RETRY_ATTR, True)
+        study.tell(trial, values, state=state)
+        named = dict(zip([o.metric for o in spec.objectives], values or []))
+        return TrialOutcome(trial.number, state, point, time.monotonic() - started, named, reason)
+
+    try:
+        cfg = spec.trial_config(point)
+        cfg.name = f"{spec.name}-trial{trial.number}"
+        cfg.tracking.experiment = spec.name
+        cfg.tracking.tracking_uri = job.tracking.tracking_uri
+        runs.describe_trial_run(tracker, cfg, point.seed, trial_dir / "config.yaml")
+        with stop.interruptible():
+            metrics = trial_fn(cfg, job.workdir, tracker, _reporter(spec, trial))
+        values = spec.objective_values(metrics)
+    except optuna.TrialPruned as e:
+        return finish(TrialState.PRUNED, "KILLED", str(e) or "pruned")
+    except Interrupted:
+        return finish(TrialState.FAIL, "KILLED", INTERRUPTED, retry=True)
+    except Exception as e:
+        traceback_file = trial_dir / "traceback.txt"
+        atomic_write_text(traceback_file, traceback.format_exc())
+        return finish(TrialState.FAIL, "FAILED", f"{type(e).__name__}: {e}"[:500], files=(traceback_file,))
+    metrics_file = trial_dir / "metrics.json"
+    atomic_write_text(metrics_file, json.dumps(metrics, indent=2, sort_keys=True))
+    return finish(TrialState.COMPLETE, "FINISHED", values=values, files=(metrics_file,))
+
+
+def _reporter(spec: SweepSpec, trial: optuna.Trial) -> Reporter:
+    def report(metric: str, value: float, step: int) -> None:
+        if spec.pruner == "none" or metric != spec.prune_on:
+            return
+        trial.report(value, step)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at step {step}: {metric}={value:.4g}")
+
+    return report
+
+
+def run_worker(job: WorkerJob, trial_fn: TrialFn, stop: StopSignals, log: Log) -> None:
+    """Claim and run trials until the budget, the grid or the time is used up, or a stop is requested."""
+    study = load_study(job.spec.name, open_storage(job.storage), job.spec)
+    directory = study_dir(job.workdir, job.spec.name)
+    with worker_identity(directory) as owner:
+        while not stop.requested and (job.deadline is None or time.time() < job.deadline):
+            trial = claim_trial(study, job.spec, job.budget, directory, owner)
+            if trial is None:
+                return
+            log(run_trial_in_study(job, study, trial, trial_fn, stop).line())
+
+
+# ---------------------------------------------------------------- the coordinator
+
+
+@dataclass(frozen=True)
+class StudySummary:
+    study: str
+    storage: str
+    tracking_uri: str
+    parent_run_id: str
+    objectives: list[str]
+    states: dict[str, int]
+    best_trials: list[FrozenTrial]
+    wall_s: float
+    interrupted: bool
+
+
+def run_sweep(spec: SweepSpec, workdir: Path, n_trials: int | None = None, workers: int = 1,
+              storage: str | None = None, tracking_uri: str | None = None, trial_fn: TrialFn = run_trial,
+              log: Log = print) -> StudySummary:
+    """Run (or resume) a study until it has `n_trials` finished trials, with `workers` local workers."""
+    started = time.monotonic()
+    workdir = Path(workdir).resolve()
+    if workers < 1:
+        raise UserError(f"workers={workers} is not allowed; allowed: >= 1")
+    fn_path = trial_fn_path(trial_fn)
+    if workers > 1 and resolve_trial_fn(fn_path) is not trial_fn:
+        raise UserError(f"trial function {fn_path} cannot run in worker processes; with workers > 1 pass a "
+                        "module-level function")
+    budget = spec.trial_budget(n_trials)
+    directory = study_dir(workdir, spec.name)
+    location = storage_location(spec.name, workdir, storage)
+    store = open_storage(location)
+    study = open_study(spec, store)
+    tracking = runs.open_study_tracking(runs.resolve_tracking_uri(workdir, tracking_uri), workdir, spec,
+                                        directory / "spec.json")
+    job = WorkerJob(spec=spec, workdir=workdir, storage=location, tracking=tracking, budget=budget,
+                    deadline=time.time() + spec.timeout_s if spec.timeout_s else None, trial_fn=fn_path)
+    stop = StopSignals()
+    run_status = "FAILED"
+    try:
+        _recover(job, store, study, log)
+        with queue_lock(directory):
+            queued = enqueue_missing(study, spec)
+        if queued:
+            log(f"queued {queued} configuration(s)")
+        with stop.installed():
+            if workers == 1:
+                run_worker(job, trial_fn, stop, log)
+            else:
+                _run_worker_processes(job, workers, stop, log)
+        run_status = "KILLED" if stop.requested else "FINISHED"
+    finally:
+        _recover(job, store, study, log)
+        best = pareto_front(study)
+        runs.close_study_run(tracking, run_status, {"ldm.best_trials": ",".join(str(t.number) for t in best)})
+    states = dict(Counter(t.state.name for t in study.get_trials(deepcopy=False)))
+    return StudySummary(spec.name, location, tracking.tracking_uri, tracking.parent_run_id, objective_names(study),
+                        states, best, time.monotonic() - started, stop.requested)
+
+
+def _recover(job: WorkerJob, storage: BaseStorage, study: optuna.Study, log: Log) -> None:
+    """Fail the trials of dead workers (queued again by `enqueue_missing`) and KILL their MLflow runs."""
+    directory = study_dir(job.workdir, job.spec.name)
+    with queue_lock(directory):
+        stale = fail_stale_trials(storage, study)
+        live = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        runs.close_stale_runs(job.tracking, [t.user_attrs[RUN_ID_ATTR] for t in stale if RUN_ID_ATTR in t.user_attrs],
+                              live, STALE_REASON)
+    for t in stale:
+        log(f"trial {t.number}: {STALE_REASON}; marked FAILED, to be retried")
+
+
+def _run_worker_processes(job: WorkerJob, workers: int, stop: StopSignals, log: Log) -> None:
+    job_file = study_dir(job.workdir, job.spec.name) / f"job-{os.getpid()}.json"
+    atomic_write_text(job_file, job.model_dump_json())
+    gpus = visible_gpus()
+    try:
+        children = [subprocess.Popen([sys.executable, "-m", "sweeps.workers", str(job_file), str(i)],
+                                     env=worker_env(i, gpus)) for i in range(workers)]
+        stop.forward_to(children)
+        for i, child in enumerate(children):
+            code = child.wait()
+            if code not in (0, INTERRUPTED_EXIT):
+                log(f"worker {i} exited with code {code}")
+    finally:
+        job_file.unlink(missing_ok=True)
+
+
+def visible_gpus() -> list[str]:
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [g.strip() for g in listed.split(",") if g.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def worker_env(index: int, gpus: list[str]) -> dict[str, str]:
+    """Worker `index` sees one GPU of its own (round robin) when several are visible."""
+    env = dict(os.environ)
+    if len(gpus) > 1:
+        env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
+    return env
+
+
+def trial_fn_path(fn: TrialFn) -> str:
+    """`module:qualname`, how a worker process imports the trial function."""
+    return f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(fn))}"
+
+
+def resolve_trial_fn(path: str) -> TrialFn | None:
+    module, _, name = path.partition(":")
+    try:
+        target: object = importlib.import_module(module)
+    except ImportError:
+        return None
+    for part in name.split("."):
+        target = getattr(target, part, None)
+    return target  # type: ignore[return-value]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="One sweep worker (started by `ldm sweep run --workers N`).")
+    parser.add_argument("job", type=Path)
+    parser.add_argument("index", type=int)
+    args = parser.parse_args(argv)
+    job = WorkerJob.model_validate_json(args.job.read_text())
+    trial_fn = resolve_trial_fn(job.trial_fn)
+    if trial_fn is None:
+        raise UserError(f"trial function {job.trial_fn} not found")
+    stop = StopSignals()
+    with stop.installed():
+        run_worker(job, trial_fn, stop, lambda line: print(f"[w{args.index}] {line}", flush=True))
+    return INTERRUPTED_EXIT if stop.requested else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

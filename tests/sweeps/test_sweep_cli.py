@@ -1,0 +1,102 @@
+"""`ldm sweep run/status/list/validate` and `ldm ui`, driven through typer's test runner."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import pytest
+import yaml
+from sweep_fakes import quick_trial, workdir_with_tracking_store
+from typer.testing import CliRunner
+
+import sweeps.workers
+from ldm.errors import UserError
+from ldm.paths import WORKDIR_ENV
+from sweeps import cli
+from sweeps.spec import SpecError
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def workdir(tmp_path_factory, tmp_path, monkeypatch) -> Path:
+    path = workdir_with_tracking_store(tmp_path_factory.getbasetemp() / "mlflow-template", tmp_path / "work")
+    monkeypatch.setenv(WORKDIR_ENV, str(path))
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.setattr(sweeps.workers, "run_sweep", functools.partial(sweeps.workers.run_sweep,
+                                                                       trial_fn=quick_trial))
+    return path
+
+
+def write_spec(tmp_path: Path, name: str, objectives: list[str]) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": name, "base": {"preset": "tiny"}, "sampler": "grid", "objectives": [{"metric": m} for m in objectives],
+        "space": {"autoencoder.f": {"type": "categorical", "choices": [1, 2, 4]}}}))
+    return path
+
+
+def test_run_prints_study_trials_wall_time_and_ui_command_then_status_shows_the_trials(workdir, tmp_path):
+    spec = write_spec(tmp_path, "cli", ["fid_domain"])
+    result = runner.invoke(cli.app, ["run", str(spec), "--n-trials", "2"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == "study cli: sampler grid, objectives fid_domain (minimize)"
+    assert [line.split()[:3] for line in lines if line.startswith("trial ")] == [
+        ["trial", "0", "COMPLETE"], ["trial", "1", "COMPLETE"]]
+    assert "study cli: 2 complete, 1 waiting trials; wall time" in result.output
+    assert "best: trial 1  fid_domain=52" in result.output  # 100 / f + channels with f = 2, 2 channels
+    assert f"--backend-store-uri sqlite:///{workdir}/mlflow/mlflow.db" in result.output
+    assert "--host 127.0.0.1 --port 5000" in result.output
+
+    status = runner.invoke(cli.app, ["status", "cli"])
+    assert status.exit_code == 0, status.output
+    rows = [line for line in status.output.splitlines() if "COMPLETE" in line or "WAITING" in line]
+    assert len(rows) == 3 and "1*" in rows[1] and "52" in rows[1]
+    assert "best (*): trials 1" in status.output
+
+
+def test_status_of_a_multi_objective_study_shows_its_pareto_front(workdir, tmp_path):
+    spec = write_spec(tmp_path, "two", ["fid_domain", "sample_images_per_s"])
+    assert runner.invoke(cli.app, ["run", str(spec)]).exit_code == 0
+    status = runner.invoke(cli.app, ["status", "two"])
+    # fid = 100 / f + 2 falls and speed = 20 / f falls with f: every trial is on the front.
+    assert "Pareto front (*): trials 0, 1, 2" in status.output
+    assert "sample_images_per_s" in status.output
+
+
+def test_status_of_an_unknown_study_names_it(workdir):
+    result = runner.invoke(cli.app, ["status", "ghost"])
+    assert isinstance(result.exception, UserError)
+    assert str(result.exception).startswith("no study 'ghost' under")
+
+
+def test_validate_and_list(tmp_path):
+    ok = runner.invoke(cli.app, ["validate", "quickstart"])
+    assert ok.exit_code == 0 and ok.output.strip() == \
+        "quickstart: valid (study quickstart, sampler grid, 1 params, 2 trials)"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"name": "b", "objectives": [{"metric": "fid"}]}))
+    result = runner.invoke(cli.app, ["validate", str(bad)])
+    assert isinstance(result.exception, SpecError) and "unknown metric 'fid'" in str(result.exception)
+    listed = runner.invoke(cli.app, ["list"])
+    assert [line.split(":")[0] for line in listed.output.splitlines()] == \
+        ["conditioning", "f_ablation", "quickstart", "rate_distortion", "schedules"]
+
+
+def test_ui_starts_mlflow_on_loopback_and_prints_the_optuna_dashboard_command(workdir, tmp_path, monkeypatch):
+    assert runner.invoke(cli.app, ["run", str(write_spec(tmp_path, "seen", ["fid_domain"])), "--n-trials", "1"]) \
+        .exit_code == 0
+    started: list[list[str]] = []
+    monkeypatch.setattr(cli.subprocess, "run", lambda command, check: started.append(command))
+    ui_app = __import__("typer").Typer()
+    ui_app.command()(cli.ui)
+    result = runner.invoke(ui_app, [])
+    assert result.exit_code == 0, result.output
+    assert f"optuna-dashboard {workdir}/sweeps/seen/journal.log" in result.output
+    [command] = started
+    assert command[1:4] == ["-m", "mlflow", "ui"]
+    assert command[4:] == ["--backend-store-uri", f"sqlite:///{workdir}/mlflow/mlflow.db",
+                           "--default-artifact-root", f"{workdir}/mlflow/artifacts", "--host", "127.0.0.1",
+                           "--port", "5000"]

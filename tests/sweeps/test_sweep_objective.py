@@ -1,0 +1,55 @@
+"""The real trial function on the tiny preset: both stages train, the first stage is shared, pruning sees val_loss."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+from sweep_fakes import workdir_with_tracking_store
+
+import evaluation
+from ldm.config import ExperimentConfig
+from ldm.paths import default_tracking_uri
+from ldm.tracking import Tracker
+from sweeps.objective import run_trial
+from sweeps.spec import parse_spec
+from sweeps.study import open_storage, storage_location
+from sweeps.workers import run_sweep
+
+FAST = ["training.device=cpu", "data.max_train_items=100", "autoencoder.f=1",
+        "diffusion.unet.base_channels=16", "diffusion.sampling.steps=2",
+        *(f"training.{stage}.{key}" for stage in ("autoencoder", "diffusion")
+          for key in ("steps=4", "batch_size=8", "log_every=2", "image_every=100", "checkpoint_every=100"))]
+
+
+def test_run_trial_trains_both_stages_shares_the_first_stage_and_reports_val_loss(tmp_path_factory, tmp_path,
+                                                                                  monkeypatch):
+    evaluated: list[Path] = []
+
+    def evaluate_experiment(cfg: ExperimentConfig, diffusion_ckpt: Path, workdir: Path,
+                            tracker: Tracker) -> dict[str, float]:
+        # Evaluation has its own tests; here it only has to receive each trial's trained checkpoint.
+        evaluated.append(diffusion_ckpt)
+        return {"fid_domain": float(len(evaluated))}
+
+    monkeypatch.setattr(evaluation, "evaluate_experiment", evaluate_experiment, raising=False)
+    workdir = workdir_with_tracking_store(tmp_path_factory.getbasetemp() / "mlflow-template", tmp_path / "work")
+    spec = parse_spec({"name": "real", "base": {"preset": "tiny", "overrides": FAST}, "sampler": "grid",
+                       "pruner": "median", "prune_on": "val_loss", "objectives": [{"metric": "fid_domain"}],
+                       "space": {"diffusion.prediction": {"type": "categorical",
+                                                          "choices": ["epsilon", "v_prediction"]}}})
+    summary = run_sweep(spec, workdir, trial_fn=run_trial, log=print)
+
+    assert summary.states == {"COMPLETE": 2}
+    assert len(set(evaluated)) == 2 and all(p.is_file() for p in evaluated)
+    assert len(list((workdir / "first_stages").iterdir())) == 1  # both configurations share one first stage
+    client = MlflowClient(tracking_uri=default_tracking_uri(workdir))
+    storage = open_storage(storage_location("real", workdir, None))
+    for trial in optuna.load_study(study_name="real", storage=storage).trials:
+        assert trial.state == TrialState.COMPLETE
+        history = client.get_metric_history(trial.user_attrs["mlflow_run_id"], "val_loss")
+        assert trial.intermediate_values == {m.step: m.value for m in history} and set(trial.intermediate_values) \
+            == {2, 4}
+        assert client.get_metric_history(trial.user_attrs["mlflow_run_id"], "diffusion/loss")

@@ -1,0 +1,228 @@
+"""Studies run in this process with instant fake trials: queue, failures, pruning, Pareto front, MLflow runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+from sweep_fakes import (
+    closed_form_metrics,
+    diverging_trial,
+    executions,
+    pruned_trial,
+    quick_trial,
+    workdir_with_tracking_store,
+)
+
+from ldm.config import ExperimentConfig
+from ldm.errors import UserError
+from ldm.paths import default_tracking_uri
+from sweeps.spec import TrialPoint, parse_spec
+from sweeps.study import (
+    claim_trial,
+    fail_stale_trials,
+    open_storage,
+    open_study,
+    storage_location,
+    study_dir,
+    sweep_status,
+    worker_identity,
+)
+from sweeps.workers import run_sweep, worker_env
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def workdir(tmp_path_factory, tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("SWEEP_FAKE_LOG", str(tmp_path / "executions.jsonl"))
+    return workdir_with_tracking_store(tmp_path_factory.getbasetemp() / "mlflow-template", tmp_path / "work")
+
+
+def make_spec(name: str, f=(1, 2), channels=(2,), seeds=(0,), objectives=("fid_domain",), **extra):
+    return parse_spec({
+        "name": name, "base": {"preset": "tiny", "overrides": ["training.device=cpu"]},
+        "space": {"autoencoder.f": {"type": "categorical", "choices": list(f)},
+                  "autoencoder.latent_channels": {"type": "categorical", "choices": list(channels)}},
+        "objectives": [{"metric": m} for m in objectives], "sampler": "grid", "seeds": list(seeds), **extra})
+
+
+def quiet(line: str) -> None:
+    pass
+
+
+def load(spec, workdir) -> optuna.Study:
+    return optuna.load_study(study_name=spec.name, storage=open_storage(storage_location(spec.name, workdir, None)))
+
+
+def client(workdir: Path) -> MlflowClient:
+    return MlflowClient(tracking_uri=default_tracking_uri(workdir))
+
+
+def test_grid_study_runs_every_point_once_with_a_parent_run_and_a_child_run_per_trial(workdir, tmp_path):
+    spec = make_spec("grid", f=(1, 2), channels=(1, 3), seeds=(0, 5))
+    summary = run_sweep(spec, workdir, trial_fn=quick_trial, log=quiet)
+    assert summary.states == {"COMPLETE": 8} and not summary.interrupted
+    assert sorted(executions(tmp_path / "executions.jsonl")) == sorted(
+        (f, c, s) for f in (1, 2) for c in (1, 3) for s in (0, 5))
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(default_tracking_uri(workdir))
+    try:
+        found = mlflow.search_runs(experiment_names=["grid"])
+    finally:
+        mlflow.set_tracking_uri(previous)
+    parent = found[found["tags.ldm.role"] == "study"]
+    children = found[found["tags.ldm.role"] == "trial"]
+    assert len(parent) == 1 and len(children) == 8
+    assert parent["status"].item() == "FINISHED" and parent["run_id"].item() == summary.parent_run_id
+    assert set(children["tags.mlflow.parentRunId"]) == {summary.parent_run_id}
+    assert set(children["status"]) == {"FINISHED"}
+
+    git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    runs_by_trial = {int(r["tags.ldm.trial_number"]): r for _, r in children.iterrows()}
+    for trial in load(spec, workdir).trials:
+        run = runs_by_trial[trial.number]
+        assert trial.user_attrs["mlflow_run_id"] == run["run_id"]
+        point = TrialPoint({k: trial.params[k] for k in spec.space}, trial.user_attrs["ldm.seed"])
+        cfg = spec.trial_config(point)
+        assert run["params.autoencoder.f"] == str(point.params["autoencoder.f"])
+        assert run["params.training.seed"] == run["params.seed"] == str(point.seed)
+        assert run["params.diffusion.unet.channel_mult"] == str(cfg.diffusion.unet.channel_mult)
+        assert run["tags.ldm.study"] == "grid"
+        assert run["tags.ldm.config_hash"] == cfg.config_hash()
+        assert run["tags.ldm.first_stage_hash"] == cfg.first_stage_hash()
+        assert run["tags.ldm.git_commit"] == (git or "unknown")
+        assert run["tags.ldm.torch_version"] == torch.__version__
+        assert run["tags.ldm.device"] == "cpu"
+        assert run["metrics.fid_domain"] == closed_form_metrics(cfg.autoencoder.f, cfg.autoencoder.latent_channels,
+                                                                point.seed)["fid_domain"]
+        files = {a.path for a in client(workdir).list_artifacts(run["run_id"])}
+        assert files == {"config.yaml", "metrics.json"}
+        logged = client(workdir).download_artifacts(run["run_id"], "config.yaml", str(tmp_path / f"c{trial.number}"))
+        assert ExperimentConfig.model_validate(yaml.safe_load(Path(logged).read_text())).config_hash() \
+            == cfg.config_hash()
+        metrics = json.loads(Path(client(workdir).download_artifacts(
+            run["run_id"], "metrics.json", str(tmp_path / f"m{trial.number}"))).read_text())
+        assert metrics == closed_form_metrics(cfg.autoencoder.f, cfg.autoencoder.latent_channels, point.seed)
+        assert trial.values == [metrics["fid_domain"]]
+
+
+def test_diverging_trial_fails_with_its_reason_and_traceback_and_the_study_goes_on(workdir, tmp_path):
+    spec = make_spec("nan", f=(1, 4, 2))
+    summary = run_sweep(spec, workdir, trial_fn=diverging_trial, log=quiet)
+    assert summary.states == {"COMPLETE": 2, "FAIL": 1}
+    failed = next(t for t in load(spec, workdir).trials if t.state == TrialState.FAIL)
+    assert failed.params["autoencoder.f"] == 4
+    assert failed.user_attrs["ldm.fail_reason"] == "FloatingPointError: diffusion loss is nan at step 3"
+    run = client(workdir).get_run(failed.user_attrs["mlflow_run_id"])
+    assert run.info.status == "FAILED"
+    assert run.data.tags["ldm.fail_reason"] == "FloatingPointError: diffusion loss is nan at step 3"
+    assert {a.path for a in client(workdir).list_artifacts(run.info.run_id)} == {"config.yaml", "traceback.txt"}
+    text = Path(client(workdir).download_artifacts(run.info.run_id, "traceback.txt", str(tmp_path))).read_text()
+    assert "Traceback" in text and "diverging_trial" in text
+    # A failure that is not a dead worker is final: rerunning does not repeat it.
+    assert run_sweep(spec, workdir, trial_fn=diverging_trial, log=quiet).states == {"COMPLETE": 2, "FAIL": 1}
+
+
+def test_multi_objective_study_exposes_its_pareto_front(workdir):
+    spec = make_spec("pareto", f=(1, 2, 4), channels=(1, 2, 4), objectives=("fid_domain", "sample_images_per_s"))
+    summary = run_sweep(spec, workdir, trial_fn=quick_trial, log=quiet)
+    points = [(f, c) for f in (1, 2, 4) for c in (1, 2, 4)]
+    scores = {p: closed_form_metrics(*p, seed=0) for p in points}
+
+    def dominated(p):
+        return any(scores[q]["fid_domain"] <= scores[p]["fid_domain"]
+                   and scores[q]["sample_images_per_s"] >= scores[p]["sample_images_per_s"]
+                   and scores[q] != scores[p] for q in points)
+
+    expected = {p for p in points if not dominated(p)}
+    front = {(t.params["autoencoder.f"], t.params["autoencoder.latent_channels"]) for t in summary.best_trials}
+    assert front == expected and 1 < len(front) < len(points)
+    frame = sweep_status("pareto", workdir)
+    assert frame.attrs["objectives"] == ["fid_domain", "sample_images_per_s"]
+    on_front = frame[frame["pareto"]]
+    assert set(zip(on_front["autoencoder.f"], on_front["autoencoder.latent_channels"])) == expected
+    assert set(frame["state"]) == {"COMPLETE"} and (frame["duration_s"] >= 0).all()
+
+
+def test_median_pruner_prunes_trials_worse_than_the_median(workdir):
+    lrs = [1e-4, 2e-4, 3e-4, 4e-4, 5e-4, 6e-4, 7e-4]
+    spec = parse_spec({"name": "prune", "base": {"preset": "tiny"}, "sampler": "grid", "pruner": "median",
+                       "space": {"training.diffusion.lr": {"type": "categorical", "choices": lrs}},
+                       "objectives": [{"metric": "fid_domain"}]})
+    run_sweep(spec, workdir, trial_fn=pruned_trial, log=quiet)
+    trials = sorted(load(spec, workdir).trials, key=lambda t: t.params["training.diffusion.lr"])
+    # MedianPruner waits for 5 finished trials; later ones above the median loss are pruned at step 0.
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 5 + [TrialState.PRUNED] * 2
+    run = client(workdir).get_run(trials[-1].user_attrs["mlflow_run_id"])
+    assert run.info.status == "KILLED"
+    assert run.data.tags["ldm.fail_reason"] == "pruned at step 0: val_loss=7"
+
+
+def test_random_sampler_runs_each_sampled_configuration_with_every_seed(workdir):
+    spec = parse_spec({"name": "rand", "base": {"preset": "tiny"}, "sampler": "random", "n_trials": 6,
+                       "seeds": [0, 1, 2], "objectives": [{"metric": "fid_domain"}],
+                       "space": {"autoencoder.latent_channels": {"type": "int", "low": 1, "high": 64, "log": True},
+                                 "autoencoder.kl_weight": {"type": "float", "low": 1e-7, "high": 1e-3}}})
+    assert run_sweep(spec, workdir, trial_fn=quick_trial, log=quiet).states == {"COMPLETE": 6}
+    by_config: dict[str, list[int]] = {}
+    for t in load(spec, workdir).trials:
+        by_config.setdefault(json.dumps(t.params, sort_keys=True), []).append(t.user_attrs["ldm.seed"])
+    assert len(by_config) == 2 and all(sorted(seeds) == [0, 1, 2] for seeds in by_config.values())
+
+
+def test_rerun_resumes_without_repeating_and_refuses_a_changed_search(workdir, tmp_path):
+    spec = make_spec("resume", f=(1, 2, 4))
+    assert run_sweep(spec, workdir, n_trials=2, trial_fn=quick_trial, log=quiet).states == \
+        {"COMPLETE": 2, "WAITING": 1}
+    assert run_sweep(spec, workdir, trial_fn=quick_trial, log=quiet).states == {"COMPLETE": 3}
+    assert run_sweep(spec, workdir, trial_fn=quick_trial, log=quiet).states == {"COMPLETE": 3}
+    assert len(executions(tmp_path / "executions.jsonl")) == 3
+    with pytest.raises(UserError, match="study 'resume' exists with a different spec \\(changed: space\\)"):
+        run_sweep(make_spec("resume", f=(1, 2)), workdir, trial_fn=quick_trial, log=quiet)
+    with pytest.raises(UserError, match="trial function .*<lambda> cannot run in worker processes"):
+        run_sweep(spec, workdir, workers=2, trial_fn=lambda *a: {}, log=quiet)
+
+
+def test_running_trial_is_stale_only_once_its_worker_is_gone(workdir):
+    spec = make_spec("stale", f=(1, 2))
+    storage = open_storage(storage_location(spec.name, workdir, None))
+    study = open_study(spec, storage)
+    study.enqueue_trial({"autoencoder.f": 1, "autoencoder.latent_channels": 2}, user_attrs={"ldm.seed": 0})
+    directory = study_dir(workdir, spec.name)
+    with worker_identity(directory) as owner:
+        trial = claim_trial(study, spec, budget=2, directory=directory, owner=owner)
+        assert trial is not None and fail_stale_trials(storage, study) == []
+    stale = fail_stale_trials(storage, study)
+    assert [t.number for t in stale] == [trial.number]
+    assert study.trials[0].state == TrialState.FAIL and study.trials[0].user_attrs["ldm.retry"] is True
+
+
+def test_each_worker_gets_its_own_gpu_when_several_are_visible(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    assert [worker_env(i, ["3", "5"])["CUDA_VISIBLE_DEVICES"] for i in range(3)] == ["3", "5", "3"]
+    assert worker_env(1, ["0"])["CUDA_VISIBLE_DEVICES"] == "0"
+
+
+def test_timeout_stops_claiming_new_trials(workdir, monkeypatch):
+    monkeypatch.setenv("SWEEP_FAKE_SLEEP", "0.5")
+    spec = parse_spec({"name": "timed", "base": {"preset": "tiny"}, "sampler": "random", "timeout_s": 0.2,
+                       "objectives": [{"metric": "fid_domain"}],
+                       "space": {"autoencoder.latent_channels": {"type": "int", "low": 1, "high": 8}}})
+    # The deadline passes during the first trial, which finishes; no second trial starts.
+    assert run_sweep(spec, workdir, trial_fn=quick_trial, log=quiet).states == {"COMPLETE": 1}
+
+
+def test_unusable_tracking_uri_is_a_user_error_before_any_trial(workdir, tmp_path):
+    with pytest.raises(UserError, match="cannot use MLflow tracking URI 'nosuch://x'"):
+        run_sweep(make_spec("uri"), workdir, tracking_uri="nosuch://x", trial_fn=quick_trial, log=quiet)
+    assert not (tmp_path / "executions.jsonl").exists()

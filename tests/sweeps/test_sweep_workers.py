@@ -1,0 +1,130 @@
+"""Worker processes on one study: no grid point twice, SIGKILL and SIGTERM, and resuming by rerunning."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+from sweep_fakes import HELPERS_DIR, executions, quick_trial, workdir_with_tracking_store
+
+from ldm.paths import default_tracking_uri
+from sweeps.spec import parse_spec
+from sweeps.study import STALE_REASON, open_storage, storage_location
+from sweeps.workers import run_sweep
+
+
+@pytest.fixture
+def workdir(tmp_path_factory, tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("SWEEP_FAKE_LOG", str(tmp_path / "executions.jsonl"))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [HELPERS_DIR, os.environ.get("PYTHONPATH")])))
+    return workdir_with_tracking_store(tmp_path_factory.getbasetemp() / "mlflow-template", tmp_path / "work")
+
+
+def raw_spec(name: str, f=(1, 2, 4), channels=(2,), seeds=(0,)) -> dict:
+    return {"name": name, "base": {"preset": "tiny", "overrides": ["training.device=cpu"]}, "sampler": "grid",
+            "space": {"autoencoder.f": {"type": "categorical", "choices": list(f)},
+                      "autoencoder.latent_channels": {"type": "categorical", "choices": list(channels)}},
+            "objectives": [{"metric": "fid_domain"}], "seeds": list(seeds)}
+
+
+def trials(name: str, workdir: Path) -> list[optuna.trial.FrozenTrial]:
+    storage = open_storage(storage_location(name, workdir, None))
+    return optuna.load_study(study_name=name, storage=storage).trials
+
+
+def runs_by_status(name: str, workdir: Path) -> dict[str, list[str]]:
+    client = MlflowClient(tracking_uri=default_tracking_uri(workdir))
+    experiment = client.get_experiment_by_name(name)
+    out: dict[str, list[str]] = {}
+    for run in client.search_runs([experiment.experiment_id]):
+        out.setdefault(run.info.status, []).append(run.data.tags["ldm.role"])
+    return out
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, f"sweep process ended early with code {process.returncode}"
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.1)
+
+
+def test_two_workers_run_every_grid_point_exactly_once(workdir, tmp_path, monkeypatch):
+    monkeypatch.setenv("SWEEP_FAKE_MEET", f"{tmp_path / 'meet'}:2")
+    monkeypatch.setenv("SWEEP_FAKE_SLEEP", "0.05")
+    spec = parse_spec(raw_spec("two", f=(1, 2, 4), channels=(1, 2), seeds=(0, 1)))
+    lines: list[str] = []
+    summary = run_sweep(spec, workdir, workers=2, trial_fn=quick_trial, log=lines.append)
+    assert summary.states == {"COMPLETE": 12}
+    done = executions(tmp_path / "executions.jsonl")
+    assert sorted(done) == sorted((f, c, s) for f in (1, 2, 4) for c in (1, 2) for s in (0, 1))
+    assert len(list((tmp_path / "meet").iterdir())) == 2  # both worker processes ran trials
+    statuses = runs_by_status("two", workdir)
+    assert set(statuses) == {"FINISHED"} and sorted(statuses["FINISHED"]) == ["study"] + ["trial"] * 12
+
+
+def test_worker_killed_mid_trial_is_recovered_and_rerun_completes_the_grid(workdir, tmp_path, monkeypatch):
+    monkeypatch.setenv("SWEEP_FAKE_DIE", "kill")
+    monkeypatch.setenv("SWEEP_FAKE_MARKER", str(tmp_path / "killed"))
+    spec = parse_spec(raw_spec("killed"))
+    lines: list[str] = []
+    summary = run_sweep(spec, workdir, workers=2, trial_fn=quick_trial, log=lines.append)
+    assert any(line.endswith(f"exited with code {-signal.SIGKILL}") for line in lines)
+    assert summary.states == {"COMPLETE": 2, "FAIL": 1}
+    dead = next(t for t in trials("killed", workdir) if t.state == TrialState.FAIL)
+    assert dead.params["autoencoder.f"] == 2 and dead.user_attrs["ldm.fail_reason"] == STALE_REASON
+    assert "RUNNING" not in runs_by_status("killed", workdir)
+
+    summary = run_sweep(spec, workdir, workers=2, trial_fn=quick_trial, log=lines.append)
+    assert summary.states == {"COMPLETE": 3, "FAIL": 1}
+    complete = sorted(t.params["autoencoder.f"] for t in trials("killed", workdir) if t.state == TrialState.COMPLETE)
+    assert complete == [1, 2, 4]
+    assert sorted(executions(tmp_path / "executions.jsonl")) == [(1, 2, 0), (2, 2, 0), (2, 2, 0), (4, 2, 0)]
+    statuses = runs_by_status("killed", workdir)
+    assert set(statuses) == {"FINISHED", "KILLED"} and statuses["KILLED"] == ["trial"]
+
+
+def test_sweep_process_killed_then_terminated_resumes_to_completion(workdir, tmp_path, monkeypatch):
+    spec_json = json.dumps(raw_spec("resumed"))
+    command = [sys.executable, "-m", "sweep_fakes", spec_json, str(workdir)]
+    monkeypatch.setenv("SWEEP_FAKE_DIE", "wait")
+
+    # Power loss: the sweep process (coordinator and worker) dies while f = 2 runs.
+    monkeypatch.setenv("SWEEP_FAKE_MARKER", str(tmp_path / "first"))
+    process = subprocess.Popen(command)
+    wait_for(tmp_path / "first", process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert [t.state for t in trials("resumed", workdir)] == [TrialState.COMPLETE, TrialState.RUNNING,
+                                                            TrialState.WAITING]
+    assert sorted(runs_by_status("resumed", workdir)["RUNNING"]) == ["study", "trial"]
+
+    # The rerun fails the stale trial, queues f = 2 again, and is stopped by SIGTERM while it runs.
+    monkeypatch.setenv("SWEEP_FAKE_MARKER", str(tmp_path / "second"))
+    process = subprocess.Popen(command)
+    wait_for(tmp_path / "second", process)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 130
+    states = [(t.state, t.user_attrs.get("ldm.fail_reason")) for t in trials("resumed", workdir)]
+    assert states == [(TrialState.COMPLETE, None), (TrialState.FAIL, STALE_REASON), (TrialState.COMPLETE, None),
+                      (TrialState.FAIL, "interrupted")]
+    statuses = runs_by_status("resumed", workdir)
+    assert "RUNNING" not in statuses and sorted(statuses["KILLED"]) == ["study", "trial", "trial"]
+
+    # The third run finishes the grid.
+    monkeypatch.delenv("SWEEP_FAKE_DIE")
+    summary = run_sweep(parse_spec(json.loads(spec_json)), workdir, trial_fn=quick_trial, log=print)
+    assert summary.states == {"COMPLETE": 3, "FAIL": 2} and not summary.interrupted
+    complete = sorted(t.params["autoencoder.f"] for t in trials("resumed", workdir) if t.state == TrialState.COMPLETE)
+    assert complete == [1, 2, 4]
+    statuses = runs_by_status("resumed", workdir)
+    assert "RUNNING" not in statuses and statuses["FINISHED"].count("study") == 1
