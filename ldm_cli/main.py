@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 from typer.core import TyperGroup
 
+from evaluation import cli as eval_cli
 from ldm.commands import config as config_cmd
 from ldm.commands import data as data_cmd
 from ldm.commands import train as train_cmd
@@ -52,6 +53,7 @@ app.add_typer(data_cmd.app, name="data")
 app.command("train")(train_cmd.train)
 app.command("sample")(train_cmd.sample)
 app.command("eval-ae")(train_cmd.eval_ae)
+app.command("eval")(eval_cli.eval_command)
 app.add_typer(sweep_cli.app, name="sweep")
 app.command("ui")(sweep_cli.ui)
 app.command("report")(reports_cli.report)

@@ -16,7 +16,7 @@ TrialFn = Callable[[ExperimentConfig, Path, Tracker, Reporter], dict[str, float]
 def run_trial(cfg: ExperimentConfig, workdir: Path, tracker: Tracker, report: Reporter) -> dict[str, float]:
     """Every metric of one configuration; a first stage with the same `first_stage_hash()` is reused."""
     # Imported here so that the study machinery (status, validation, the CLI) loads without the model code.
-    from evaluation import evaluate_experiment
+    from evaluation.experiment import evaluate_experiment
     from ldm.training.autoencoder_stage import train_autoencoder
     from ldm.training.diffusion_stage import train_diffusion
 

@@ -1,0 +1,63 @@
+"""`ldm eval`: every metric of a trained diffusion checkpoint, printed and written to metrics.json."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ldm.errors import UserError
+
+EXTRACTORS = ("inception", "domain")
+
+
+def _extractors(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in EXTRACTORS]
+    if not names or unknown:
+        raise UserError(f"--extractor '{text}' is not a comma-separated list of {', '.join(EXTRACTORS)}")
+    return names
+
+
+def eval_command(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A diffusion.pt from `ldm train`."),
+    num_samples: Optional[int] = typer.Option(None, "--num-samples", "-n", help="Generated images (default: config)."),
+    extractor: Optional[str] = typer.Option(None, "--extractor", help="Comma-separated: inception,domain."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="DDIM steps (default: config)."),
+    eta: Optional[float] = typer.Option(None, "--eta", help="DDIM eta."),
+    guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance scale."),
+    guidance_sweep: Optional[str] = typer.Option(None, "--guidance-sweep", help="Extra scales, e.g. 1,2,4."),
+    inception_weights: Optional[Path] = typer.Option(None, "--inception-weights",
+                                                     help="torch-fidelity inception-v3-compat weights file."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Sampling and reference-order seed."),
+    out: Optional[Path] = typer.Option(None, "--out", help="metrics.json path (default: beside the checkpoint)."),
+) -> None:
+    """FID/KID/precision/recall/IS, conditioning accuracy, rFID/PSNR/SSIM/bpp and cost of a trained model.
+
+    Inside a tracked run (MLFLOW_RUN_ID set) the metrics are logged to it as well.
+    """
+    from evaluation.experiment import evaluate_experiment
+    from evaluation.report_card import format_metrics_table
+    from ldm.paths import default_tracking_uri, resolve_workdir
+    from ldm.tracking import MlflowTracker, NullTracker
+
+    if not checkpoint.is_file():
+        raise UserError(f"checkpoint '{checkpoint}' does not exist; give a diffusion.pt written by `ldm train`")
+    extractors = _extractors(extractor) if extractor else None
+    overrides = [f"{key}={value}" for key, value in {
+        "evaluation.num_samples": num_samples, "evaluation.seed": seed, "diffusion.sampling.steps": steps,
+        "diffusion.sampling.eta": eta, "diffusion.sampling.guidance_scale": guidance,
+        "evaluation.extractors": f"[{', '.join(extractors)}]" if extractors else None,
+        "evaluation.guidance_scales": f"[{guidance_sweep}]" if guidance_sweep else None,
+        "evaluation.inception_weights": inception_weights,
+    }.items() if value is not None]
+    workdir = resolve_workdir()
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    tracker = (MlflowTracker(run_id, os.environ.get("MLFLOW_TRACKING_URI", default_tracking_uri(workdir)))
+               if run_id else NullTracker())
+    path = out or checkpoint.parent / "metrics.json"
+    report = evaluate_experiment(None, checkpoint, workdir, tracker, overrides=overrides, out=path)
+    typer.echo(format_metrics_table(report))
+    typer.echo(f"wrote {path}")

@@ -1,0 +1,138 @@
+"""The whole evaluation of one trained model: samples, then generation, conditioning, reconstruction and cost metrics."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from evaluation.cost import forward_gflops, parameters_m, peak_memory_mb
+from evaluation.extractors import to_uint8_rgb
+from evaluation.extractors.domain import load_domain_extractor
+from evaluation.generation import compute_generation_metrics, conditioning_accuracy
+from evaluation.reconstruction import compute_reconstruction_metrics
+from evaluation.report_card import META_KEY, MetricsReport, metric_values, write_metrics_json
+from ldm.config import EvaluationConfig, ExperimentConfig, SamplingConfig, build_config
+from ldm.data.registry import build_dataset, dataset_provides
+from ldm.tracking import NullTracker, Tracker
+from ldm.training.device import resolve_device
+from ldm.training.pipeline import LatentDiffusionPipeline
+
+
+@dataclass(frozen=True)
+class Conditions:
+    """What the samples are generated for: labels (class, and text via its caption's label), prompts, inpaint inputs."""
+
+    labels: torch.Tensor | None = None
+    prompts: list[str] | None = None
+    masked_images: torch.Tensor | None = None
+    masks: torch.Tensor | None = None
+
+
+def draw_conditions(pipeline: LatentDiffusionPipeline, evaluation: EvaluationConfig, workdir: Path) -> Conditions:
+    """Conditions drawn like the data: labels and captions from the training split's items, inpainting inputs from
+    the reference split's images and masks (so every number is comparable across conditioning types)."""
+    cfg, n = pipeline.config, evaluation.num_samples
+    generator = torch.Generator().manual_seed(evaluation.seed)
+    match cfg.diffusion.conditioning:
+        case "none":
+            return Conditions()
+        case "class" | "text":
+            train = build_dataset(cfg.data, "train", workdir)
+            picks = torch.randint(len(train), (n,), generator=generator)
+            labels = train.labels[picks] if train.labels is not None else None
+            if cfg.diffusion.conditioning == "class":
+                return Conditions(labels=labels)
+            assert train.captions is not None  # validated: text conditioning needs captions
+            return Conditions(labels=labels, prompts=[train.captions[int(i)] for i in picks])
+        case "concat":
+            reference = build_dataset(cfg.data, evaluation.reference_split, workdir)
+            picks = torch.randperm(len(reference), generator=generator)[:n]
+            items = [reference[int(i)] for i in picks]
+            images = torch.stack([item["image"] for item in items])
+            masks = torch.stack([item["mask"] for item in items])
+            return Conditions(masked_images=images * (1 - masks), masks=masks)
+
+
+def generate_timed(pipeline: LatentDiffusionPipeline, conditions: Conditions, n: int, sampling: SamplingConfig,
+                   seed: int, batch_size: int) -> tuple[torch.Tensor, float]:
+    """uint8 RGB samples (decoding included) and the images per second it took."""
+    generator = torch.Generator().manual_seed(seed)
+    start = time.perf_counter()
+    images = pipeline.generate(n, sampling, labels=conditions.labels, prompts=conditions.prompts,
+                               masked_images=conditions.masked_images, masks=conditions.masks,
+                               generator=generator, batch_size=batch_size)
+    return to_uint8_rgb(images), n / (time.perf_counter() - start)
+
+
+def _sample_metrics(pipeline: LatentDiffusionPipeline, conditions: Conditions, sampling: SamplingConfig,
+                    evaluation: EvaluationConfig, workdir: Path) -> MetricsReport:
+    images, images_per_s = generate_timed(pipeline, conditions, evaluation.num_samples, sampling, evaluation.seed,
+                                          evaluation.batch_size)
+    report = compute_generation_metrics(images, pipeline.config.data, evaluation, workdir)
+    report["sample_images_per_s"] = images_per_s
+    if conditions.labels is not None and "label" in dataset_provides(pipeline.config.data):
+        classifier = load_domain_extractor(pipeline.config.data, workdir)
+        report["cond_accuracy"] = conditioning_accuracy(images, conditions.labels, classifier)
+    return report
+
+
+def cost_metrics(pipeline: LatentDiffusionPipeline) -> dict[str, float]:
+    """Parameters of each part and UNet GFLOPs for one image (batch 1) at one timestep."""
+    cfg = pipeline.config
+    denoiser = pipeline.denoiser
+    shape = pipeline.first_stage.latent_shape(cfg.data.resolution)
+    x = torch.zeros(1, *shape, device=pipeline.device)
+    t = torch.zeros(1, dtype=torch.long, device=pipeline.device)
+    cond = pipeline.denoiser.conditioner.null(1) if denoiser.conditioner is not None else None
+    return {
+        "params_first_stage": parameters_m(pipeline.first_stage),
+        "params_unet": parameters_m(denoiser.unet),
+        "params_cond": parameters_m(denoiser.conditioner),
+        "unet_gflops": forward_gflops(denoiser, x, t, cond),
+    }
+
+
+def evaluate_experiment(cfg: ExperimentConfig | None, checkpoint: Path, workdir: Path,
+                        tracker: Tracker | None = None, *, overrides: Sequence[str] = (),
+                        out: Path | None = None) -> MetricsReport:
+    """Every metric of a trained `diffusion.pt`: written to `metrics.json` beside it (or `out`) and to the tracker.
+
+    `cfg` defaults to the checkpoint's own config, with dotted `overrides` (e.g. `evaluation.num_samples=1000`).
+    """
+    tracker = tracker or NullTracker()
+    pipeline = LatentDiffusionPipeline.from_checkpoint(checkpoint,
+                                                       device=resolve_device(cfg.training.device if cfg else "auto"))
+    cfg = build_config((cfg or pipeline.config).model_dump(mode="json"), list(overrides))
+    evaluation, sampling = cfg.evaluation, cfg.diffusion.sampling
+    conditions = draw_conditions(pipeline, evaluation, workdir)
+
+    report = _sample_metrics(pipeline, conditions, sampling, evaluation, workdir)
+    meta = report.pop(META_KEY)
+    meta.update(sampler=sampling.sampler, steps=sampling.steps, eta=sampling.eta,
+                guidance_scale=sampling.guidance_scale, checkpoint=str(checkpoint))
+    for scale in evaluation.guidance_scales:
+        variant = _sample_metrics(pipeline, conditions, sampling.model_copy(update={"guidance_scale": scale}),
+                                  evaluation, workdir)
+        report.update({f"g{scale:g}/{k}": v for k, v in metric_values(variant).items()})
+    for steps in evaluation.ddim_steps:
+        variant = _sample_metrics(pipeline, conditions, sampling.model_copy(update={"sampler": "ddim", "steps": steps}),
+                                  evaluation, workdir)
+        report.update({f"ddim{steps}/{k}": v for k, v in metric_values(variant).items()})
+    reconstruction = compute_reconstruction_metrics(pipeline.first_stage, cfg.data, evaluation, workdir)
+    report.update(metric_values(reconstruction))
+    report.update(cost_metrics(pipeline))
+    report["peak_memory_mb"] = peak_memory_mb(pipeline.device)
+    report[META_KEY] = meta
+
+    path = out or Path(checkpoint).parent / "metrics.json"
+    write_metrics_json(report, path)
+    values = {k: v for k, v in metric_values(report).items() if v is not None}
+    tracker.log_metrics(values, step=cfg.training.diffusion.steps)
+    tracker.set_tags({"ldm.num_samples": str(meta["num_samples"]),
+                      "ldm.extractor_weights": "; ".join(f"{k}: {v}" for k, v in meta["extractor_weights"].items())})
+    tracker.log_artifact(path)
+    return report
