@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml requirements/data-wheels.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/ldm data show mnist --n 64 --out outputs/mnist_grid.png
+	$(VENV)/bin/ldm quickstart
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 -q

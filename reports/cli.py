@@ -33,3 +33,15 @@ def report(
         typer.echo(f"HTML index: {summary.html_index}")
     typer.echo(f"{len(summary.figures)} figures, {len(summary.skipped)} skipped for lack of data (see the index)\n")
     typer.echo(summary.overall_markdown)
+
+
+def quickstart(
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Local worker processes.")] = 1,
+) -> None:
+    """The main job: run the shipped `quickstart` sweep (or resume it), then build its report."""
+    from sweeps import cli as sweep_cli
+
+    sweep_cli.run("quickstart", workers=workers)
+    typer.echo("")
+    report("quickstart")
+    typer.echo("\nOpen the runs in the MLflow UI with: ldm ui")

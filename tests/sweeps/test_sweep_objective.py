@@ -9,7 +9,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 from sweep_fakes import workdir_with_tracking_store
 
-import evaluation
+import evaluation.experiment
 from ldm.config import ExperimentConfig
 from ldm.paths import default_tracking_uri
 from ldm.tracking import Tracker
@@ -34,7 +34,7 @@ def test_run_trial_trains_both_stages_shares_the_first_stage_and_reports_val_los
         evaluated.append(diffusion_ckpt)
         return {"fid_domain": float(len(evaluated))}
 
-    monkeypatch.setattr(evaluation, "evaluate_experiment", evaluate_experiment, raising=False)
+    monkeypatch.setattr(evaluation.experiment, "evaluate_experiment", evaluate_experiment)
     workdir = workdir_with_tracking_store(tmp_path_factory.getbasetemp() / "mlflow-template", tmp_path / "work")
     spec = parse_spec({"name": "real", "base": {"preset": "tiny", "overrides": FAST}, "sampler": "grid",
                        "pruner": "median", "prune_on": "val_loss", "objectives": [{"metric": "fid_domain"}],
