@@ -16,10 +16,11 @@ TrialFn = Callable[[ExperimentConfig, Path, Tracker, Reporter], dict[str, float]
 def run_trial(cfg: ExperimentConfig, workdir: Path, tracker: Tracker, report: Reporter) -> dict[str, float]:
     """Every metric of one configuration; a first stage with the same `first_stage_hash()` is reused."""
     # Imported here so that the study machinery (status, validation, the CLI) loads without the model code.
-    from evaluation.experiment import evaluate_experiment
+    from evaluation.experiment import evaluate_experiment, intermediate_fid
     from ldm.training.autoencoder_stage import train_autoencoder
     from ldm.training.diffusion_stage import train_diffusion
 
     first_stage = train_autoencoder(cfg, workdir, tracker)
-    diffusion = train_diffusion(cfg, workdir, tracker, first_stage, on_eval=report)
+    diffusion = train_diffusion(cfg, workdir, tracker, first_stage, on_eval=report,
+                                intermediate=intermediate_fid(workdir))
     return evaluate_experiment(cfg, diffusion, workdir, tracker)

@@ -23,7 +23,7 @@ from ldm.paths import runs_dir
 from ldm.tracking import NullTracker, Tracker, flatten
 from ldm.training.autoencoder_stage import load_first_stage, train_autoencoder
 from ldm.training.device import Batch, maybe_compile, prepare_module, resolve_device
-from ldm.training.loop import OnEval, Stage, StepLosses, train_stage
+from ldm.training.loop import OnEval, PeriodicEval, Stage, StepLosses, train_stage
 from ldm.training.pipeline import (
     CONDITION_ARGUMENTS,
     DatasetSummary,
@@ -92,11 +92,13 @@ class DiffusionStep:
 
 def train_diffusion(cfg: ExperimentConfig, workdir: Path, tracker: Tracker = NullTracker(),
                     first_stage_ckpt: Path | None = None, resume: bool = False,
-                    on_eval: OnEval | None = None) -> Path:
+                    on_eval: OnEval | None = None,
+                    intermediate: Callable[[LatentDiffusionPipeline], dict[str, float]] | None = None) -> Path:
     """Train the diffusion stage of `cfg` (the first stage first, unless one is given or already trained).
 
     Writes `diffusion.pt`, `config.yaml`, `samples.png` (EMA weights) and `checkpoints.txt` (both stages'
-    paths) to the run folder and logs the last three; returns the checkpoint.
+    paths) to the run folder and logs the last three; returns the checkpoint. With `intermediate` and
+    `evaluation.fid_every`, `intermediate(pipeline)` is measured on the EMA weights every `fid_every` steps.
     """
     if first_stage_ckpt is None:
         first_stage_ckpt = train_autoencoder(cfg, workdir, tracker, resume=resume)
@@ -124,7 +126,10 @@ def train_diffusion(cfg: ExperimentConfig, workdir: Path, tracker: Tracker = Nul
     cfg.save(folder / "config.yaml")
     stage = Stage(name="diffusion", model=denoiser, step=step, train_data=train, val_data=val,
                   checkpoint=folder / CHECKPOINT_NAME, extras=extras, preview_key="diffusion_samples")
-    trained = train_stage(stage, cfg, device, tracker, resume=resume, on_eval=on_eval)
+    every = cfg.evaluation.fid_every
+    periodic = (PeriodicEval(every, lambda _step: intermediate(pipeline))
+                if intermediate is not None and every is not None else None)
+    trained = train_stage(stage, cfg, device, tracker, resume=resume, on_eval=on_eval, periodic=periodic)
 
     if trained.ema is not None:
         trained.ema.copy_to(denoiser)

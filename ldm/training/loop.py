@@ -36,6 +36,14 @@ OnEval = Callable[[str, float, int], None]
 
 
 @dataclass(frozen=True)
+class PeriodicEval:
+    """Metrics measured every `every` steps on the EMA weights (e.g. intermediate FID), logged and sent to on_eval."""
+
+    every: int
+    measure: Callable[[int], dict[str, float]]
+
+
+@dataclass(frozen=True)
 class StepLosses:
     """The losses of one batch, one scalar per parameter group (the first is the reported loss)."""
 
@@ -164,7 +172,8 @@ def _evaluation(model: nn.Module, device: torch.device, seed: int) -> Iterator[N
 
 
 def train_stage(stage: Stage, cfg: ExperimentConfig, device: torch.device, tracker: Tracker,
-                resume: bool = False, on_eval: OnEval | None = None) -> TrainedStage:
+                resume: bool = False, on_eval: OnEval | None = None,
+                periodic: PeriodicEval | None = None) -> TrainedStage:
     """Train `stage.model` for the stage's steps, continuing from `stage.checkpoint` when resuming and it exists."""
     settings: StageTrainingConfig = getattr(cfg.training, stage.name)
     seed, prefix = cfg.training.seed, METRIC_PREFIX[stage.name]
@@ -219,11 +228,21 @@ def train_stage(stage: Stage, cfg: ExperimentConfig, device: torch.device, track
             else:
                 progress.update(step)
             if step % settings.image_every == 0 and val_batches:
-                averaged = ema.swapped_in(stage.model) if ema is not None else contextlib.nullcontext()
-                with averaged, _evaluation(stage.model, device, seed):
+                with _averaged(stage.model, ema), _evaluation(stage.model, device, seed):
                     tracker.log_image(stage.step.preview(val_batches[0]), key=stage.preview_key, step=step)
+            if periodic is not None and step % periodic.every == 0:
+                with _averaged(stage.model, ema), _evaluation(stage.model, device, seed):
+                    measured = periodic.measure(step)
+                tracker.log_metrics(measured, step=step)
+                for name, value in measured.items():
+                    if on_eval is not None:
+                        on_eval(name, value, step)
     return TrainedStage(ema=ema, images_per_s=timing["images"] / max(timing["seconds"], 1e-9),
                         train_seconds=timing["seconds"])
+
+
+def _averaged(model: nn.Module, ema: EMA | None) -> contextlib.AbstractContextManager[Any]:
+    return ema.swapped_in(model) if ema is not None else contextlib.nullcontext()
 
 
 def _mean_val_loss(step_fn: TrainingStep, batches: list[Batch]) -> float:
