@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from evaluation.cost import forward_gflops, parameters_m, peak_memory_mb
-from evaluation.extractors import to_uint8_rgb
+from evaluation.extractors import UInt8Images, to_uint8_rgb
 from evaluation.extractors.domain import load_domain_extractor
-from evaluation.generation import compute_generation_metrics, conditioning_accuracy
+from evaluation.generation import (compute_generation_metrics, conditioning_accuracy, fidelity_metrics,
+                                   reference_set, resolve_extractor)
 from evaluation.reconstruction import compute_reconstruction_metrics
 from evaluation.report_card import META_KEY, MetricsReport, metric_values, write_metrics_json
 from ldm.config import EvaluationConfig, ExperimentConfig, SamplingConfig, build_config
@@ -78,6 +79,26 @@ def _sample_metrics(pipeline: LatentDiffusionPipeline, conditions: Conditions, s
         classifier = load_domain_extractor(pipeline.config.data, workdir)
         report["cond_accuracy"] = conditioning_accuracy(images, conditions.labels, classifier)
     return report
+
+
+def intermediate_fid(workdir: Path) -> Callable[[LatentDiffusionPipeline], dict[str, float]]:
+    """FID per extractor on `evaluation.fid_every_samples` samples: the FID-against-step curve and its pruner."""
+
+    def measure(pipeline: LatentDiffusionPipeline) -> dict[str, float]:
+        cfg = pipeline.config
+        evaluation = cfg.evaluation.model_copy(update={"num_samples": cfg.evaluation.fid_every_samples})
+        images, _ = generate_timed(pipeline, draw_conditions(pipeline, evaluation, workdir), evaluation.num_samples,
+                                   cfg.diffusion.sampling, evaluation.seed, evaluation.batch_size)
+        reference = reference_set(cfg.data, evaluation.reference_split, len(images), evaluation.seed, workdir)
+        measured: dict[str, float] = {}
+        for name in evaluation.extractors:
+            extractor = resolve_extractor(name, cfg.data, workdir, evaluation.inception_weights)
+            measured.update(fidelity_metrics(UInt8Images(images), reference, extractor, metrics={"fid"},
+                                             kid_subset_size=len(images), seed=evaluation.seed,
+                                             batch_size=evaluation.batch_size, workdir=workdir))
+        return measured
+
+    return measure
 
 
 def cost_metrics(pipeline: LatentDiffusionPipeline) -> dict[str, float]:

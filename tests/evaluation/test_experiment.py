@@ -1,0 +1,109 @@
+"""`evaluate_experiment` and `ldm eval` on tiny trained models: every metric family lands in metrics.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from evaluation.experiment import evaluate_experiment, intermediate_fid
+from evaluation.metric_catalog import metric_info
+from ldm.config import load_config
+from ldm.paths import WORKDIR_ENV
+from ldm.tracking import NullTracker
+from ldm.training.diffusion_stage import train_diffusion
+from ldm_cli.main import app
+
+TINY = [
+    "data.name=shapes", "data.shapes_count=2000", "data.resolution=16", "training.device=cpu",
+    "autoencoder.f=2", "autoencoder.latent_channels=2", "autoencoder.base_channels=8", "autoencoder.channel_mult=[1]",
+    "diffusion.unet.base_channels=8", "diffusion.unet.channel_mult=[1]", "diffusion.unet.attention_resolutions=[]",
+    "diffusion.unet.context_dim=8", "diffusion.sampling.steps=2",
+    "evaluation.num_samples=20", "evaluation.kid_subset_size=10", "evaluation.batch_size=20",
+    *(f"training.{stage}.{key}" for stage in ("autoencoder", "diffusion") for key in (
+        "steps=4", "batch_size=8", "log_every=2", "checkpoint_every=4", "image_every=4", "warmup_steps=1")),
+]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("work")
+
+
+@pytest.fixture(scope="module")
+def class_model(workdir: Path) -> Path:
+    return train_diffusion(load_config(preset="tiny", overrides=[*TINY, "diffusion.conditioning=class"]), workdir)
+
+
+def test_every_metric_family_with_guidance_and_ddim_variants(class_model: Path, workdir: Path) -> None:
+    out = workdir / "class-metrics.json"
+    report = evaluate_experiment(None, class_model, workdir, overrides=[
+        "evaluation.guidance_scales=[1.0, 3.0]", "evaluation.ddim_steps=[1]"], out=out)
+    written = json.loads(out.read_text())
+    assert set(written) == set(report)
+    for name in ["fid_domain", "kid_domain", "precision_domain", "recall_domain", "is_domain", "cond_accuracy",
+                 "rfid_domain", "psnr", "ssim", "bpp", "params_unet", "params_cond", "unet_gflops",
+                 "sample_images_per_s", "peak_memory_mb", "g3/fid_domain", "g3/cond_accuracy",
+                 "ddim1/fid_domain", "ddim1/sample_images_per_s"]:
+        assert isinstance(written[name], float), name
+        metric_info(name)  # every logged name is a catalog metric or one of its variants
+    assert 0.0 <= written["cond_accuracy"] <= 100.0
+    assert written["params_cond"] > 0
+    meta = written["meta"]
+    assert meta["num_samples"] == 20 and meta["steps"] == 2 and "domain" in meta["extractor_weights"]
+    assert "kid_subset_size" in meta
+
+
+def test_same_seed_same_numbers(class_model: Path, workdir: Path) -> None:
+    first = evaluate_experiment(None, class_model, workdir, out=workdir / "a.json")
+    second = evaluate_experiment(None, class_model, workdir, out=workdir / "b.json")
+    for name in ("fid_domain", "kid_domain", "cond_accuracy", "psnr"):
+        assert first[name] == second[name], name
+
+
+def test_inpainting_model_is_evaluated_on_masked_reference_images(workdir: Path) -> None:
+    checkpoint = train_diffusion(load_config(preset="tiny", overrides=[*TINY, "diffusion.conditioning=concat"]),
+                                 workdir)
+    report = evaluate_experiment(None, checkpoint, workdir, out=workdir / "concat.json")
+    assert report["fid_domain"] >= 0 and "cond_accuracy" not in report
+
+
+def test_eval_cli_prints_the_table_and_writes_json(class_model: Path, workdir: Path) -> None:
+    out = workdir / "cli.json"
+    result = CliRunner().invoke(app, ["--workdir", str(workdir), "eval", "--checkpoint", str(class_model),
+                                      "--num-samples", "12", "--steps", "1", "--guidance", "2", "--out", str(out)],
+                                env={WORKDIR_ENV: str(workdir)})
+    assert result.exit_code == 0, result.output
+    assert "FID (domain)" in result.output and f"wrote {out}" in result.output
+    meta = json.loads(out.read_text())["meta"]
+    assert meta["num_samples"] == 12 and meta["steps"] == 1 and meta["guidance_scale"] == 2.0
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--checkpoint", "missing.pt"], "checkpoint 'missing.pt' does not exist"),
+    (["--checkpoint", "{ckpt}", "--extractor", "clip"], "--extractor 'clip' is not a comma-separated list of"),
+])
+def test_eval_cli_errors(class_model: Path, workdir: Path, args: list[str], message: str) -> None:
+    args = [a.replace("{ckpt}", str(class_model)) for a in args]
+    result = CliRunner().invoke(app, ["--workdir", str(workdir), "eval", *args], env={WORKDIR_ENV: str(workdir)})
+    assert result.exit_code == 1
+    assert message in result.output
+
+
+def test_intermediate_fid_is_logged_every_fid_every_steps(workdir: Path) -> None:
+    logged: list[tuple[int | None, dict[str, float]]] = []
+    reported: list[tuple[str, int]] = []
+
+    class Recorder(NullTracker):
+        def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+            logged.append((step, metrics))
+
+    cfg = load_config(preset="tiny", overrides=[*TINY, "evaluation.fid_every=2", "evaluation.fid_every_samples=8",
+                                                "training.seed=1"])
+    train_diffusion(cfg, workdir, Recorder(), on_eval=lambda name, value, step: reported.append((name, step)),
+                    intermediate=intermediate_fid(workdir))
+    assert [step for step, metrics in logged if "fid_domain" in metrics] == [2, 4]
+    assert all(metrics["fid_domain"] >= 0 for _, metrics in logged if "fid_domain" in metrics)
+    assert [r for r in reported if r[0] == "fid_domain"] == [("fid_domain", 2), ("fid_domain", 4)]
