@@ -141,6 +141,9 @@ class DiffusionConfig(Section):
             # at alpha_bar = 0 the clean image cannot be recovered from a noise prediction
             raise ValueError("diffusion.zero_terminal_snr=true needs diffusion.prediction 'v_prediction' or 'sample', "
                              "not 'epsilon'")
+        if self.sampling.steps > self.timesteps:
+            raise ValueError(f"diffusion.sampling.steps={self.sampling.steps} exceeds "
+                             f"diffusion.timesteps={self.timesteps}; allowed: 1..{self.timesteps}")
         widths = {self.unet.base_channels * m for m in self.unet.channel_mult}
         if any(w % self.unet.num_heads for w in widths):
             raise ValueError(f"diffusion.unet.num_heads={self.unet.num_heads} must divide every UNet level width "
@@ -179,7 +182,7 @@ class TrainingConfig(Section):
 
 
 class EvaluationConfig(Section):
-    num_samples: int = Field(500, ge=2)
+    num_samples: int = Field(500, ge=10, description="generated images per evaluation (IS uses 10 splits)")
     extractors: list[ExtractorName] = Field(default_factory=lambda: ["domain"])
     reference_split: Split = "test"
     kid_subset_size: int = Field(100, ge=2, description="clamped to the sample count (and stated) when larger")
@@ -187,7 +190,7 @@ class EvaluationConfig(Section):
     guidance_scales: list[float] = Field(default_factory=list, description="extra scales for a guidance sweep")
     ddim_steps: list[int] = Field(default_factory=list, description="extra DDIM step counts for FID vs speed")
     fid_every: int | None = Field(None, ge=1, description="diffusion steps between intermediate FIDs")
-    fid_every_samples: int = Field(200, ge=2, description="samples per intermediate FID")
+    fid_every_samples: int = Field(200, ge=10, description="samples per intermediate FID")
     inception_weights: Path | None = Field(None, description="torch-fidelity inception-v3-compat weights file")
     seed: int = 0
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -37,6 +38,7 @@ class DomainRecipe:
     width: int = 16
     feature_dim: int = 128
     epochs: int = 1
+    min_steps: int = 400  # small datasets (a few hundred shapes) get more epochs, so their features mean something
     batch_size: int = 128
     lr: float = 3e-3
     weight_decay: float = 1e-4
@@ -118,9 +120,10 @@ def train_classifier(data: DataConfig, workdir: Path, recipe: DomainRecipe = DEF
         model = DomainClassifier(data.channels, train.num_classes, recipe.width, recipe.feature_dim)
     loader = _batches(train, recipe.batch_size, torch.Generator().manual_seed(recipe.seed))
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, recipe.lr, total_steps=recipe.epochs * len(loader))
+    epochs = max(recipe.epochs, math.ceil(recipe.min_steps / len(loader)))
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, recipe.lr, total_steps=epochs * len(loader))
     model.train()
-    for _ in range(recipe.epochs):
+    for _ in range(epochs):
         for images, labels in loader:
             loss = F.cross_entropy(model(images)[1], labels)
             optimizer.zero_grad(set_to_none=True)
@@ -137,9 +140,18 @@ def train_classifier(data: DataConfig, workdir: Path, recipe: DomainRecipe = DEF
 
 
 def resolve_domain(data: DataConfig, workdir: Path) -> FidelityExtractor:
-    """The domain extractor for this data config, training its classifier on first use."""
+    """The domain extractor for this data config, training its classifier on first use.
+
+    A classifier no better than twice chance has features that say nothing about the data, and FIDs on them
+    would look excellent for any model: that is refused rather than reported.
+    """
     path = train_classifier(data, workdir)
-    accuracy = load_checkpoint(path)["test_accuracy"]
+    checkpoint = load_checkpoint(path)
+    accuracy, chance = checkpoint["test_accuracy"], 100.0 / checkpoint["num_classes"]
+    if accuracy < 2 * chance:
+        raise UserError(f"the domain classifier for {data.name} at {data.resolution}px reached only {accuracy:.1f}% "
+                        f"test accuracy (chance {chance:.1f}%): its features are meaningless; use more data "
+                        f"(e.g. data.shapes_count) or extractor 'inception' ({path})")
     return FidelityExtractor(
         name="domain", fidelity_name=FIDELITY_NAME, weights_path=path,
         weights=f"domain-cnn:{path.stem} test_accuracy={accuracy:.2f}%", cache_tag=path.stem.rsplit("-", 1)[-1],

@@ -121,8 +121,6 @@ def sample(model_fn: DenoiserFn, diffusion: GaussianDiffusion, shape: tuple[int,
            device: torch.device | str, progress: bool = False, *, x_T: torch.Tensor | None = None,
            clip_denoised: bool = False) -> torch.Tensor:
     """Run the reverse process from x_T (default: N(0, I) from the generator) to x_0 of the given shape."""
-    if sampling.sampler == "ddim" and sampling.eta > 1:
-        raise ConfigError(f"sampling.eta={sampling.eta} is outside DDIM's range; allowed: 0 (deterministic) to 1")
     if x_T is not None and tuple(x_T.shape) != tuple(shape):
         raise ValueError(f"x_T has shape {tuple(x_T.shape)}, expected {tuple(shape)}")
     device = torch.device(device)

@@ -26,14 +26,6 @@ from ldm.io import load_checkpoint
 MNIST = DataConfig(name="mnist", resolution=32, channels=1)
 
 
-@pytest.fixture(scope="session")
-def mnist_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The session's base temp dir is shared by the evaluation test files, so the classifier trains once."""
-    workdir = tmp_path_factory.getbasetemp() / "evaluation-mnist"
-    train_classifier(MNIST, workdir)
-    return workdir
-
-
 def test_classifier_reaches_98_percent_on_mnist_test(mnist_workdir: Path) -> None:
     path = classifier_path(MNIST, mnist_workdir)
     assert path.parent == mnist_workdir / "cache" / "domain"

@@ -100,7 +100,7 @@ def test_intermediate_fid_is_logged_every_fid_every_steps(workdir: Path) -> None
         def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
             logged.append((step, metrics))
 
-    cfg = load_config(preset="tiny", overrides=[*TINY, "evaluation.fid_every=2", "evaluation.fid_every_samples=8",
+    cfg = load_config(preset="tiny", overrides=[*TINY, "evaluation.fid_every=2", "evaluation.fid_every_samples=10",
                                                 "training.seed=1"])
     train_diffusion(cfg, workdir, Recorder(), on_eval=lambda name, value, step: reported.append((name, step)),
                     intermediate=intermediate_fid(workdir))

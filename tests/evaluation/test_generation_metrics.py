@@ -11,7 +11,7 @@ import torch
 import torch_fidelity
 import torch_fidelity.utils
 
-from evaluation.extractors.domain import load_domain_extractor, train_classifier
+from evaluation.extractors.domain import load_domain_extractor
 from evaluation.extractors.inception import TORCHSCRIPT_NO_ISC
 from evaluation.generation import (
     compute_generation_metrics,
@@ -29,14 +29,6 @@ from ldm.errors import UserError
 
 MNIST = DataConfig(name="mnist", resolution=32, channels=1)
 N = 100
-
-
-@pytest.fixture(scope="session")
-def mnist_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The session's base temp dir is shared by the evaluation test files, so the classifier trains once."""
-    workdir = tmp_path_factory.getbasetemp() / "evaluation-mnist"
-    train_classifier(MNIST, workdir)
-    return workdir
 
 
 def domain_eval(**overrides: Any) -> EvaluationConfig:

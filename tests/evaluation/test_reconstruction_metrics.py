@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from evaluation.extractors.domain import train_classifier
 from evaluation.generation import reference_set
 from evaluation.reconstruction import compute_reconstruction_metrics, reconstruct
 from evaluation.report_card import META_KEY
@@ -17,14 +16,6 @@ from ldm.first_stage import build_first_stage
 
 MNIST = DataConfig(name="mnist", resolution=32, channels=1)
 EVALUATION = EvaluationConfig(extractors=["domain"], num_samples=40, kid_subset_size=40, batch_size=16)
-
-
-@pytest.fixture(scope="session")
-def mnist_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The session's base temp dir is shared by the evaluation test files, so the classifier trains once."""
-    workdir = tmp_path_factory.getbasetemp() / "evaluation-mnist"
-    train_classifier(MNIST, workdir)
-    return workdir
 
 
 def test_identity_first_stage_reconstructs_exactly(mnist_workdir: Path) -> None:

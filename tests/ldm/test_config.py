@@ -72,6 +72,8 @@ def test_hash_ignores_paths_tracking_and_name_but_not_semantics() -> None:
         (["diffusion.unet.num_heads=3"], "diffusion.unet.num_heads=3 must divide every UNet level width"),
         (["diffusion.text.heads=5"], "diffusion.text.heads=5 must divide diffusion.unet.context_dim=128"),
         (["diffusion.sampling.eta=2"], "diffusion.sampling.eta=2"),
+        (["diffusion.timesteps=100", "diffusion.sampling.steps=200"],
+         "diffusion.sampling.steps=200 exceeds diffusion.timesteps=100; allowed: 1..100"),
         (["oops"], "override 'oops' is not of the form section.field=value"),
         (["autoencoder.f.x=1"], "'f' is a value, not a section"),
     ],

@@ -154,10 +154,11 @@ def test_min_snr_gamma_weights_follow_hang_et_al(prediction: PredictionType, wei
 
 
 def test_zero_terminal_snr_refuses_epsilon_prediction() -> None:
-    cfg = DiffusionConfig(zero_terminal_snr=True, prediction="epsilon")
+    # The config rejects this pair up front; the process itself refuses any schedule ending at alpha_bar = 0.
+    cfg = DiffusionConfig(zero_terminal_snr=True, prediction="v_prediction")
     with pytest.raises(ConfigError, match="zero_terminal_snr=true cannot be used with diffusion.prediction='epsilon'"):
-        GaussianDiffusion.from_config(cfg)
-    v = GaussianDiffusion.from_config(cfg.model_copy(update={"prediction": "v_prediction"}))
+        GaussianDiffusion(make_betas(cfg), "epsilon")
+    v = GaussianDiffusion.from_config(cfg)
     assert v.snr(torch.tensor([999])).item() == 0.0
 
 

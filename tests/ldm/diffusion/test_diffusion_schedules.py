@@ -22,7 +22,8 @@ def alphas_cumprod(betas: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("schedule", list(DIFFUSERS_NAME))
 @pytest.mark.parametrize("zero_terminal_snr", [False, True])
 def test_alphas_cumprod_match_diffusers(schedule: ScheduleName, zero_terminal_snr: bool) -> None:
-    cfg = DiffusionConfig(schedule=schedule, timesteps=T, zero_terminal_snr=zero_terminal_snr, **DDPM_RANGE)
+    cfg = DiffusionConfig(schedule=schedule, timesteps=T, zero_terminal_snr=zero_terminal_snr,
+                          prediction="v_prediction" if zero_terminal_snr else "epsilon", **DDPM_RANGE)
     betas = make_betas(cfg)
     assert betas.dtype == torch.float64 and betas.shape == (T,)
     reference = DDPMScheduler(num_train_timesteps=T, beta_schedule=DIFFUSERS_NAME[schedule],
