@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
@@ -79,7 +80,7 @@ def open_study_tracking(tracking_uri: str, workdir: Path, spec: SweepSpec, spec_
         run_id = client.create_run(experiment_id, run_name=spec.name, tags={
             ROLE_TAG: "study", STUDY_TAG: spec.name, "ldm.sampler": str(spec.sampler),
             "ldm.objectives": objectives}).info.run_id
-        atomic_write_text(spec_file, spec.model_dump_json(indent=2))
+        atomic_write_text(spec_file, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
         client.log_artifact(run_id, str(spec_file))
     return StudyTracking(tracking_uri, experiment_id, run_id)
 
