@@ -1,4 +1,9 @@
-"""Exponential moving average of a module's weights: shadow <- decay * shadow + (1 - decay) * weight."""
+"""Exponential moving average of a module's weights: shadow <- d_n * shadow + (1 - d_n) * weight.
+
+d_n = min(decay, (1 + n) / (10 + n)) at the n-th update (n = 0, 1, ...), the warm-up of ADM and diffusers'
+EMAModel: without it a decay of 0.999 keeps 37% of the random initialisation after 1,000 steps, and short
+CPU runs would sample from mostly untrained weights.
+"""
 
 from __future__ import annotations
 
@@ -21,15 +26,21 @@ class EMA:
         if not 0.0 < decay < 1.0:
             raise ValueError(f"EMA decay={decay} must lie strictly between 0 and 1")
         self.decay = decay
+        self.updates = 0
         self.shadow: dict[str, Tensor] = {
             name: p.detach().clone() for name, p in model.named_parameters() if p.dtype.is_floating_point
         }
 
+    def current_decay(self) -> float:
+        return min(self.decay, (1 + self.updates) / (10 + self.updates))
+
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
+        weight = 1.0 - self.current_decay()
         for name, p in model.named_parameters():
             if name in self.shadow:
-                self.shadow[name].lerp_(p.detach(), 1.0 - self.decay)
+                self.shadow[name].lerp_(p.detach(), weight)
+        self.updates += 1
 
     @torch.no_grad()
     def copy_to(self, model: nn.Module) -> None:
@@ -52,7 +63,7 @@ class EMA:
                         p.copy_(trained[name])
 
     def state_dict(self) -> dict[str, Any]:
-        return {"decay": self.decay, "shadow": dict(self.shadow)}
+        return {"decay": self.decay, "updates": self.updates, "shadow": dict(self.shadow)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         shadow: dict[str, Tensor] = state["shadow"]
@@ -61,3 +72,4 @@ class EMA:
             raise KeyError(f"EMA state lacks weights for: {', '.join(sorted(missing))}")
         for name, value in shadow.items():
             self.shadow[name].copy_(value)
+        self.updates = int(state["updates"])

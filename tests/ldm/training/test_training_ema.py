@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
 
 from ldm.training.ema import EMA
+
+
+def warmed_decays(decay: float, n: int) -> list[float]:
+    """d_k = min(decay, (1 + k) / (10 + k)) for the updates k = 0..n-1."""
+    return [min(decay, (1 + k) / (10 + k)) for k in range(n)]
 
 
 def test_shadow_follows_the_closed_form() -> None:
@@ -18,10 +25,19 @@ def test_shadow_follows_the_closed_form() -> None:
         with torch.no_grad():
             model.weight.copy_(value)
         ema.update(model)
-    n = len(values)
-    # s_n = d^n s_0 + (1 - d) * sum_k d^(n - k) p_k
-    expected = decay**n * start + (1 - decay) * sum(decay ** (n - k) * v for k, v in enumerate(values, 1))
+    d = warmed_decays(decay, len(values))
+    # s_n = prod_k d_k s_0 + sum_k (1 - d_k) prod_{j > k} d_j p_k
+    expected = math.prod(d) * start + sum((1 - d[k]) * math.prod(d[k + 1:]) * v for k, v in enumerate(values))
     torch.testing.assert_close(ema.shadow["weight"], expected, rtol=0, atol=1e-6)
+    assert d == [0.1, 2 / 11, 0.25, 4 / 13]  # the warm-up, still below decay = 0.9
+
+
+def test_warm_up_reaches_the_configured_decay() -> None:
+    ema = EMA(nn.Linear(1, 1), 0.5)
+    ema.updates = 8  # (1 + 8) / (10 + 8) = 0.5
+    assert ema.current_decay() == 0.5
+    ema.updates = 1000
+    assert ema.current_decay() == 0.5
 
 
 def test_constant_weights_converge_geometrically() -> None:
@@ -33,7 +49,7 @@ def test_constant_weights_converge_geometrically() -> None:
         model.weight.fill_(1.0)
     for _ in range(3):
         ema.update(model)
-    assert ema.shadow["weight"].item() == pytest.approx(1 - 0.5**3)
+    assert ema.shadow["weight"].item() == pytest.approx(1 - math.prod(warmed_decays(0.5, 3)))
 
 
 def test_swapped_in_uses_shadow_then_restores_and_keeps_buffers() -> None:
@@ -54,7 +70,8 @@ def test_state_round_trip_and_decay_range() -> None:
     ema = EMA(model, 0.9)
     ema.shadow["bias"].fill_(3.0)
     other = EMA(nn.Linear(2, 2), 0.9)
+    ema.update(model)
     other.load_state_dict(ema.state_dict())
-    assert torch.equal(other.shadow["bias"], torch.full((2,), 3.0))
+    assert torch.equal(other.shadow["bias"], ema.shadow["bias"]) and other.updates == 1
     with pytest.raises(ValueError, match=r"decay=1\.0 must lie strictly between 0 and 1"):
         EMA(model, 1.0)
