@@ -123,13 +123,9 @@ def train_classifier(data: DataConfig, workdir: Path, recipe: DomainRecipe = DEF
     epochs = max(recipe.epochs, math.ceil(recipe.min_steps / len(loader)))
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, recipe.lr, total_steps=epochs * len(loader))
     model.train()
-    for _ in range(epochs):
-        for images, labels in loader:
-            loss = F.cross_entropy(model(images)[1], labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
+    # Training may be triggered from inside an evaluation (e.g. the first intermediate FID, under no_grad).
+    with torch.enable_grad():
+        _fit(model, loader, optimizer, schedule, epochs)
     checkpoint = {
         "state_dict": model.state_dict(), "channels": data.channels, "resolution": data.resolution,
         "num_classes": train.num_classes, "width": recipe.width, "feature_dim": recipe.feature_dim,
@@ -137,6 +133,17 @@ def train_classifier(data: DataConfig, workdir: Path, recipe: DomainRecipe = DEF
     }
     atomic_torch_save(checkpoint, path)
     return path
+
+
+def _fit(model: DomainClassifier, loader: DataLoader, optimizer: torch.optim.Optimizer,
+         schedule: torch.optim.lr_scheduler.LRScheduler, epochs: int) -> None:
+    for _ in range(epochs):
+        for images, labels in loader:
+            loss = F.cross_entropy(model(images)[1], labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
 
 
 def resolve_domain(data: DataConfig, workdir: Path) -> FidelityExtractor:

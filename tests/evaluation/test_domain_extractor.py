@@ -93,3 +93,11 @@ def test_extractor_refuses_float_input(mnist_workdir: Path) -> None:
     extractor = load_domain_extractor(MNIST, mnist_workdir)
     with pytest.raises(UserError, match="must be uint8 \\(N, 3, H, W\\); got torch.float32"):
         extractor(torch.zeros(2, 3, 32, 32))
+
+
+def test_classifier_trains_when_first_needed_inside_no_grad(tmp_path: Path) -> None:
+    # The first intermediate FID of a sweep trial runs under no_grad and may be what trains the classifier.
+    shapes = DataConfig(name="shapes", resolution=16, channels=1, shapes_count=300)
+    with torch.no_grad():
+        path = train_classifier(shapes, tmp_path)
+    assert load_checkpoint(path)["test_accuracy"] > 40.0  # five shape classes: chance is 20%
