@@ -49,10 +49,13 @@ def data_identity(data: DataConfig) -> dict[str, object]:
 
 
 def to_uint8_rgb(images: torch.Tensor) -> torch.Tensor:
-    """Float (N, C, H, W) images in [-1, 1] with C in {1, 3} -> uint8 (N, 3, H, W), torch-fidelity's input."""
+    """(N, C, H, W) images, float in [-1, 1] or already uint8, C in {1, 3} -> uint8 (N, 3, H, W) for torch-fidelity."""
     if images.dim() != 4 or images.shape[1] not in (1, 3):
         raise UserError(f"images of shape {tuple(images.shape)} are not (N, C, H, W) with C = 1 or 3")
-    pixels = ((images.detach().float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    if images.dtype == torch.uint8:
+        pixels = images.detach().cpu()
+    else:
+        pixels = ((images.detach().float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
     return pixels.expand(-1, 3, -1, -1).contiguous()
 
 

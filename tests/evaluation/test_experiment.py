@@ -6,14 +6,16 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
-from evaluation.experiment import evaluate_experiment, intermediate_fid
+from evaluation.experiment import Conditions, evaluate_experiment, generate_timed, intermediate_fid
 from evaluation.metric_catalog import metric_info
 from ldm.config import load_config
 from ldm.paths import WORKDIR_ENV
 from ldm.tracking import NullTracker
 from ldm.training.diffusion_stage import train_diffusion
+from ldm.training.pipeline import LatentDiffusionPipeline
 from ldm_cli.main import app
 
 TINY = [
@@ -107,3 +109,11 @@ def test_intermediate_fid_is_logged_every_fid_every_steps(workdir: Path) -> None
     assert [step for step, metrics in logged if "fid_domain" in metrics] == [2, 4]
     assert all(metrics["fid_domain"] >= 0 for _, metrics in logged if "fid_domain" in metrics)
     assert [r for r in reported if r[0] == "fid_domain"] == [("fid_domain", 2), ("fid_domain", 4)]
+
+
+def test_metrics_see_the_pipelines_own_pixels(class_model: Path) -> None:
+    pipeline = LatentDiffusionPipeline.from_checkpoint(class_model)
+    labels = torch.tensor([0, 1, 2, 3])
+    images, _ = generate_timed(pipeline, Conditions(labels=labels), 4, pipeline.config.diffusion.sampling, 5, 4)
+    direct = pipeline.generate(4, labels=labels, generator=torch.Generator().manual_seed(5), batch_size=4)
+    assert torch.equal(images, direct.expand(-1, 3, -1, -1))
