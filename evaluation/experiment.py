@@ -10,10 +10,10 @@ from pathlib import Path
 import torch
 
 from evaluation.cost import forward_gflops, parameters_m, peak_memory_mb
-from evaluation.extractors import UInt8Images, to_uint8_rgb
+from evaluation.extractors import FidelityExtractor, UInt8Images, to_uint8_rgb
 from evaluation.extractors.domain import load_domain_extractor
-from evaluation.generation import (compute_generation_metrics, conditioning_accuracy, fidelity_metrics,
-                                   reference_set, resolve_extractor)
+from evaluation.generation import (ReferenceSet, compute_generation_metrics, conditioning_accuracy,
+                                   fidelity_metrics, reference_set, resolve_extractor)
 from evaluation.reconstruction import compute_reconstruction_metrics
 from evaluation.report_card import META_KEY, MetricsReport, metric_values, write_metrics_json
 from ldm.config import EvaluationConfig, ExperimentConfig, SamplingConfig, build_config
@@ -82,17 +82,27 @@ def _sample_metrics(pipeline: LatentDiffusionPipeline, conditions: Conditions, s
 
 
 def intermediate_fid(workdir: Path) -> Callable[[LatentDiffusionPipeline], dict[str, float]]:
-    """FID per extractor on `evaluation.fid_every_samples` samples: the FID-against-step curve and its pruner."""
+    """FID per extractor on `evaluation.fid_every_samples` samples: the FID-against-step curve and its pruner.
+
+    Conditions, reference set and extractors depend only on the config, so they are built at the first call and
+    reused at every later step (each call used to rebuild the datasets).
+    """
+    fixed: list[tuple[Conditions, ReferenceSet, list[FidelityExtractor]]] = []
 
     def measure(pipeline: LatentDiffusionPipeline) -> dict[str, float]:
         cfg = pipeline.config
         evaluation = cfg.evaluation.model_copy(update={"num_samples": cfg.evaluation.fid_every_samples})
-        images, _ = generate_timed(pipeline, draw_conditions(pipeline, evaluation, workdir), evaluation.num_samples,
-                                   cfg.diffusion.sampling, evaluation.seed, evaluation.batch_size)
-        reference = reference_set(cfg.data, evaluation.reference_split, len(images), evaluation.seed, workdir)
+        if not fixed:
+            fixed.append((draw_conditions(pipeline, evaluation, workdir),
+                          reference_set(cfg.data, evaluation.reference_split, evaluation.num_samples,
+                                        evaluation.seed, workdir),
+                          [resolve_extractor(name, cfg.data, workdir, evaluation.inception_weights)
+                           for name in evaluation.extractors]))
+        conditions, reference, extractors = fixed[0]
+        images, _ = generate_timed(pipeline, conditions, evaluation.num_samples, cfg.diffusion.sampling,
+                                   evaluation.seed, evaluation.batch_size)
         measured: dict[str, float] = {}
-        for name in evaluation.extractors:
-            extractor = resolve_extractor(name, cfg.data, workdir, evaluation.inception_weights)
+        for extractor in extractors:
             measured.update(fidelity_metrics(UInt8Images(images), reference, extractor, metrics={"fid"},
                                              kid_subset_size=len(images), seed=evaluation.seed,
                                              batch_size=evaluation.batch_size, workdir=workdir))
