@@ -9,7 +9,7 @@
 #                                # 'eager' backend), a smoke check; results in ./outputs/gpu-dry-run
 #
 # The first run in a work folder also trains two small domain classifiers (MNIST 32x32 for eval_throughput,
-# 16x16 for sweep_overhead's `tiny` trial) on the CPU; later runs reuse them. Per-part limits in seconds can be
+# 16x16 for sweep_overhead's quickstart trial); later runs reuse them. Per-part limits in seconds can be
 # changed with LIMITS="unet cost eval sweep", e.g. LIMITS="300 80 50 50" (defaults: 220 100 70 90).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,7 +32,7 @@ if [[ "$DEVICE" == cuda ]]; then
         --compile inductor)
   COST=(--resolution 256 --batch 16 --ddim-steps 50 --repeats 2)  # eager: compiling 5 UNets would eat the budget
   EVAL=(--n 1000 --eval-n 1000 --batch-size 250)
-  SWEEP=()
+  SWEEP=(--trials 1)  # the quickstart spec's first trial (f = 1); its three take about 10 minutes on 2 CPU cores
   DEFAULT_LIMITS="220 100 70 90"
   THREADS=$(nproc)  # CPU-side work (data, the domain classifiers) should use the GPU machine's cores
 else
@@ -41,7 +41,7 @@ else
         --sample-repeats 1 --compile eager)
   COST=(--resolution 32 --factors 1,2,4 --batch 2 --ddim-steps 2 --repeats 1)
   EVAL=(--n 20 --eval-n 20 --batch-size 10)
-  SWEEP=(-o training.autoencoder.steps=5 -o training.diffusion.steps=5 -o training.autoencoder.log_every=5
+  SWEEP=(--trials 1 -o training.autoencoder.steps=5 -o training.diffusion.steps=5 -o training.autoencoder.log_every=5
          -o training.diffusion.log_every=5 -o evaluation.num_samples=20 -o evaluation.kid_subset_size=10)
   DEFAULT_LIMITS="240 120 300 300"
   THREADS=2

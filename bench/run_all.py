@@ -1,6 +1,6 @@
 """Run the four CPU benchmarks with their defaults, one after another, each in its own process.
 
-    python -m bench.run_all                     # about 25 minutes on 2 shared cores
+    python -m bench.run_all                     # about 45 minutes on 2 cores (sweep_overhead: 25)
     python -m bench.run_all --threads 1 --workdir /tmp/bench
 """
 

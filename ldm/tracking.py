@@ -75,8 +75,10 @@ class MlflowTracker:
         self.client.log_image(self.run_id, image, artifact_file=f"images/{name}")
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        for k, v in tags.items():
-            self.client.set_tag(self.run_id, k, str(v))
+        from mlflow.entities import RunTag
+
+        # One batch is one database transaction; a set_tag per tag costs one each.
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from mlflow.entities import RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
@@ -102,8 +103,7 @@ def _experiment(client: MlflowClient, name: str, root: Path | None) -> str:
 
 
 def close_study_run(tracking: StudyTracking, status: str, tags: dict[str, str]) -> None:
-    for key, value in tags.items():
-        tracking.client.set_tag(tracking.parent_run_id, key, value)
+    tracking.client.log_batch(tracking.parent_run_id, tags=[RunTag(k, v) for k, v in tags.items()])
     tracking.client.set_terminated(tracking.parent_run_id, status)
 
 

@@ -84,6 +84,7 @@ def test_grid_study_runs_every_point_once_with_a_parent_run_and_a_child_run_per_
     children = found[found["tags.ldm.role"] == "trial"]
     assert len(parent) == 1 and len(children) == 8
     assert parent["status"].item() == "FINISHED" and parent["run_id"].item() == summary.parent_run_id
+    assert parent["tags.ldm.best_trials"].item() == ",".join(str(t.number) for t in summary.best_trials)
     assert set(children["tags.mlflow.parentRunId"]) == {summary.parent_run_id}
     assert set(children["status"]) == {"FINISHED"}
 
