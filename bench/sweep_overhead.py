@@ -28,7 +28,7 @@ from typing import Any
 from bench.harness import Report, Row, add_common_arguments, run_script, setup
 from ldm.config import ExperimentConfig
 from ldm.errors import UserError
-from ldm.paths import cache_dir, data_dir, default_tracking_uri, resolve_workdir
+from ldm.paths import cache_dir, data_dir, resolve_workdir
 from ldm.tracking import NullTracker, Tracker
 from sweeps.objective import Reporter, run_trial
 from sweeps.runs import resolve_tracking_uri
@@ -142,10 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     device = setup(args)
     spec = bench_spec(load_spec(args.spec), [f"training.device={args.device}", *args.overrides])
     points = spec.grid_points()
-    if spec.sampler != "grid" or not 1 <= (args.trials or len(points)) <= len(points):
+    n_trials = len(points) if args.trials is None else args.trials
+    if spec.sampler != "grid" or not 1 <= n_trials <= len(points):
         raise UserError(f"--spec {args.spec} --trials {args.trials}: allowed: a grid spec and 1 <= trials <= "
                         f"{len(points)} (its grid points)")
-    points = points[: args.trials or len(points)]
+    points = points[:n_trials]
     report = Report("sweep_overhead", args, device)
     root = resolve_workdir(args.workdir) / "bench" / "sweep_overhead"
     shared = root / "shared"
@@ -173,8 +174,8 @@ def main(argv: list[str] | None = None) -> int:
 
     direct, sweep, inside = median("direct", "total_s"), median("sweep", "total_s"), median("sweep", "inside_s")
     logging, calls = median("sweep", "logging_s"), median("sweep", "logging_calls")
-    new_store = open_store_seconds(default_tracking_uri(fresh_workdir(root, "new-store", shared)))
-    existing_store = open_store_seconds(default_tracking_uri(root / "new-store"))
+    store_uri = resolve_tracking_uri(fresh_workdir(root, "new-store", shared), None)
+    new_store, existing_store = open_store_seconds(store_uri), open_store_seconds(store_uri)
 
     def row(part: str, seconds: float) -> Row:
         return {"part": part, "seconds": round(seconds, 2), "per_trial_s": round(seconds / len(points), 2),

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import torch
 import yaml
-from mlflow.entities import RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
@@ -103,7 +102,7 @@ def _experiment(client: MlflowClient, name: str, root: Path | None) -> str:
 
 
 def close_study_run(tracking: StudyTracking, status: str, tags: dict[str, str]) -> None:
-    tracking.client.log_batch(tracking.parent_run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+    MlflowTracker(tracking.parent_run_id, tracking.tracking_uri).set_tags(tags)
     tracking.client.set_terminated(tracking.parent_run_id, status)
 
 
