@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -17,67 +16,41 @@ from evaluation.generation import (ReferenceSet, compute_generation_metrics, con
 from evaluation.reconstruction import compute_reconstruction_metrics
 from evaluation.report_card import META_KEY, MetricsReport, metric_values, write_metrics_json
 from ldm.config import EvaluationConfig, ExperimentConfig, SamplingConfig, build_config
-from ldm.data.registry import build_dataset, dataset_provides
+from ldm.data.registry import build_dataset
+from ldm.diffusion.conditioning import ConditionInputs, EvaluationConditions
 from ldm.tracking import NullTracker, Tracker
 from ldm.training.device import resolve_device
 from ldm.training.pipeline import LatentDiffusionPipeline
 
 
-@dataclass(frozen=True)
-class Conditions:
-    """What the samples are generated for: labels (class, and text via its caption's label), prompts, inpaint inputs."""
-
-    labels: torch.Tensor | None = None
-    prompts: list[str] | None = None
-    masked_images: torch.Tensor | None = None
-    masks: torch.Tensor | None = None
-
-
-def draw_conditions(pipeline: LatentDiffusionPipeline, evaluation: EvaluationConfig, workdir: Path) -> Conditions:
-    """Conditions drawn like the data: labels and captions from the training split's items, inpainting inputs from
-    the reference split's images and masks (so every number is comparable across conditioning types)."""
-    cfg, n = pipeline.config, evaluation.num_samples
-    generator = torch.Generator().manual_seed(evaluation.seed)
-    match cfg.diffusion.conditioning:
-        case "none":
-            return Conditions()
-        case "class" | "text":
-            train = build_dataset(cfg.data, "train", workdir)
-            picks = torch.randint(len(train), (n,), generator=generator)
-            labels = train.labels[picks] if train.labels is not None else None
-            if cfg.diffusion.conditioning == "class":
-                return Conditions(labels=labels)
-            assert train.captions is not None  # validated: text conditioning needs captions
-            return Conditions(labels=labels, prompts=[train.captions[int(i)] for i in picks])
-        case "concat":
-            reference = build_dataset(cfg.data, evaluation.reference_split, workdir)
-            picks = torch.randperm(len(reference), generator=generator)[:n]
-            items = [reference[int(i)] for i in picks]
-            images = torch.stack([item["image"] for item in items])
-            masks = torch.stack([item["mask"] for item in items])
-            return Conditions(masked_images=images * (1 - masks), masks=masks)
+def draw_conditions(pipeline: LatentDiffusionPipeline, evaluation: EvaluationConfig,
+                    workdir: Path) -> EvaluationConditions:
+    """The model's conditioner draws `evaluation.num_samples` conditions like the data, seeded by `evaluation.seed`."""
+    data = pipeline.config.data
+    return pipeline.conditioner.evaluation_conditions(
+        evaluation.num_samples, lambda split: build_dataset(data, split, workdir), evaluation.reference_split,
+        torch.Generator().manual_seed(evaluation.seed))
 
 
-def generate_timed(pipeline: LatentDiffusionPipeline, conditions: Conditions, n: int, sampling: SamplingConfig,
+def generate_timed(pipeline: LatentDiffusionPipeline, conditions: ConditionInputs, n: int, sampling: SamplingConfig,
                    seed: int, batch_size: int) -> tuple[torch.Tensor, float]:
     """uint8 RGB samples (decoding included) and the images per second it took."""
     generator = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
-    images = pipeline.generate(n, sampling, labels=conditions.labels, prompts=conditions.prompts,
-                               masked_images=conditions.masked_images, masks=conditions.masks,
-                               generator=generator, batch_size=batch_size)
+    images = pipeline.generate(n, conditions=conditions, sampling=sampling, generator=generator,
+                               batch_size=batch_size)
     return to_uint8_rgb(images), n / (time.perf_counter() - start)
 
 
-def _sample_metrics(pipeline: LatentDiffusionPipeline, conditions: Conditions, sampling: SamplingConfig,
+def _sample_metrics(pipeline: LatentDiffusionPipeline, conditions: EvaluationConditions, sampling: SamplingConfig,
                     evaluation: EvaluationConfig, workdir: Path) -> MetricsReport:
-    images, images_per_s = generate_timed(pipeline, conditions, evaluation.num_samples, sampling, evaluation.seed,
-                                          evaluation.batch_size)
+    images, images_per_s = generate_timed(pipeline, conditions.inputs, evaluation.num_samples, sampling,
+                                          evaluation.seed, evaluation.batch_size)
     report = compute_generation_metrics(images, pipeline.config.data, evaluation, workdir)
     report["sample_images_per_s"] = images_per_s
-    if conditions.labels is not None and "label" in dataset_provides(pipeline.config.data):
+    if conditions.target_labels is not None:
         classifier = load_domain_extractor(pipeline.config.data, workdir)
-        report["cond_accuracy"] = conditioning_accuracy(images, conditions.labels, classifier)
+        report["cond_accuracy"] = conditioning_accuracy(images, conditions.target_labels, classifier)
     return report
 
 
@@ -87,13 +60,13 @@ def intermediate_fid(workdir: Path) -> Callable[[LatentDiffusionPipeline], dict[
     Conditions, reference set and extractors depend only on the config, so they are built at the first call and
     reused at every later step (each call used to rebuild the datasets).
     """
-    fixed: list[tuple[Conditions, ReferenceSet, list[FidelityExtractor]]] = []
+    fixed: list[tuple[ConditionInputs, ReferenceSet, list[FidelityExtractor]]] = []
 
     def measure(pipeline: LatentDiffusionPipeline) -> dict[str, float]:
         cfg = pipeline.config
         evaluation = cfg.evaluation.model_copy(update={"num_samples": cfg.evaluation.fid_every_samples})
         if not fixed:
-            fixed.append((draw_conditions(pipeline, evaluation, workdir),
+            fixed.append((draw_conditions(pipeline, evaluation, workdir).inputs,
                           reference_set(cfg.data, evaluation.reference_split, evaluation.num_samples,
                                         evaluation.seed, workdir),
                           [resolve_extractor(name, cfg.data, workdir, evaluation.inception_weights)
@@ -118,7 +91,7 @@ def cost_metrics(pipeline: LatentDiffusionPipeline) -> dict[str, float]:
     shape = pipeline.first_stage.latent_shape(cfg.data.resolution)
     x = torch.zeros(1, *shape, device=pipeline.device)
     t = torch.zeros(1, dtype=torch.long, device=pipeline.device)
-    cond = pipeline.denoiser.conditioner.null(1) if denoiser.conditioner is not None else None
+    cond = denoiser.conditioner.null(1)
     return {
         "params_first_stage": parameters_m(pipeline.first_stage),
         "params_unet": parameters_m(denoiser.unet),

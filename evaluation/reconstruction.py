@@ -37,7 +37,7 @@ def compute_reconstruction_metrics(first_stage: FirstStage, data: DataConfig, ev
                         f">= {MIN_SAMPLES} from a split at least that large")
     batches = list(reference.float_batches(evaluation.batch_size))
     reconstructions = UInt8Images(reconstruct(first_stage, batches))
-    rate_distortion = evaluate_rate_distortion(first_stage, batches, first_stage.config, first_stage.image_channels)
+    rate_distortion = evaluate_rate_distortion(first_stage, batches)
     report: MetricsReport = rate_distortion.as_metrics()
     weights: dict[str, str] = {}
     for name in evaluation.extractors:

@@ -7,7 +7,7 @@ import json
 import math
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -21,9 +21,6 @@ ScheduleName = Literal["linear", "scaled_linear", "cosine", "sigmoid"]
 PredictionType = Literal["epsilon", "v_prediction", "sample"]
 Regularizer = Literal["kl", "vq"]
 ExtractorName = Literal["inception", "domain"]
-
-# What each conditioning type needs from a dataset item.
-CONDITIONING_NEEDS: dict[str, str | None] = {"none": None, "class": "label", "text": "caption", "concat": "mask"}
 
 
 class Section(BaseModel):
@@ -46,6 +43,9 @@ class DataConfig(Section):
 
 
 class AutoencoderConfig(Section):
+    # The fields the identity first stage (f = 1) uses; it ignores the others, and is not trained.
+    IDENTITY_FIELDS: ClassVar[frozenset[str]] = frozenset({"f", "scale_factor"})
+
     f: int = Field(4, description="spatial downsampling factor of the first stage (1 = pixel space)")
     latent_channels: int = Field(4, ge=1)
     regularizer: Regularizer = "kl"
@@ -213,6 +213,9 @@ class ExperimentConfig(Section):
     @model_validator(mode="after")
     def _cross_checks(self) -> ExperimentConfig:
         from ldm.data.registry import dataset_provides
+        # Each conditioning type's class says what it needs; it is imported here because it loads torch, which
+        # config files and specs should not pay for until they are validated (it imports config for types only).
+        from ldm.diffusion.conditioning import conditioner_class
 
         res, f = self.data.resolution, self.autoencoder.f
         if res % f or res // f < 4:
@@ -220,7 +223,7 @@ class ExperimentConfig(Section):
                 f"autoencoder.f={f} is too large for data.resolution={res}: the latent must be at least "
                 f"4x4 and divide evenly; allowed f: {_allowed_f(res)}"
             )
-        need = CONDITIONING_NEEDS[self.diffusion.conditioning]
+        need = conditioner_class(self.diffusion.conditioning).needs
         provides = dataset_provides(self.data)
         if need is not None and need not in provides:
             have = ", ".join(sorted(provides)) or "images only"

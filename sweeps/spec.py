@@ -15,7 +15,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from evaluation.metric_catalog import CATALOG, Direction, metric_info
-from ldm.config import ExperimentConfig, ExtractorName, build_config, format_validation_error, load_config
+from ldm.config import (
+    AutoencoderConfig,
+    ExperimentConfig,
+    ExtractorName,
+    build_config,
+    format_validation_error,
+    load_config,
+)
 from ldm.errors import ConfigError, UserError
 
 SamplerName = Literal["grid", "tpe", "nsga2", "random"]
@@ -28,6 +35,8 @@ SHIPPED_SPECS = Path(__file__).resolve().parent
 RESERVED_PATHS = {"training.seed": "list the seeds under `seeds`", "name": "the study names its trials",
                   "tracking": "the study owns tracking"}
 PRUNE_METRICS = ["val_loss", *(f"fid_{e}" for e in get_args(ExtractorName))]
+# The identity first stage (f = 1) is not trained: none of its training settings has an effect.
+IDENTITY_TRAINING_PREFIX = "training.autoencoder."
 
 
 class SpecError(UserError):
@@ -205,6 +214,7 @@ class SweepSpec(_SpecModel):
 
     def _check_configs(self) -> None:
         base = _as_value_error("", self.base.load)
+        self._check_identity_duplicates(base)
         for path, param in self.space.items():
             _check_path(path)
             for value in param.probe_values():
@@ -218,6 +228,20 @@ class SweepSpec(_SpecModel):
             if base.evaluation.fid_every is None or extractor not in base.evaluation.extractors:
                 raise ValueError(f"prune_on='{self.prune_on}' needs intermediate FIDs: set "
                                  f"evaluation.fid_every and include '{extractor}' in evaluation.extractors")
+
+    def _check_identity_duplicates(self, base: ExperimentConfig) -> None:
+        """Fields the identity first stage ignores may not be swept where f can be 1: the trials would repeat."""
+        f_param = self.space.get("autoencoder.f")
+        if min(f_param.probe_values() if f_param is not None else [base.autoencoder.f]) > 1:
+            return
+        ignored = [path for path in self.space if path.startswith(IDENTITY_TRAINING_PREFIX) or (
+            path.startswith("autoencoder.")
+            and path.removeprefix("autoencoder.") not in AutoencoderConfig.IDENTITY_FIELDS)]
+        if ignored:
+            names = ", ".join(f"space.{path}" for path in ignored)
+            raise ValueError(f"{names} cannot be swept while autoencoder.f can be 1: the identity first stage "
+                             "(f = 1) ignores it, so its trials would be duplicates; allowed: sweep it over f >= 2 "
+                             "only (run f = 1 in a spec of its own)")
 
     @property
     def grid_size(self) -> int:

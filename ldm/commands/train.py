@@ -87,6 +87,7 @@ def sample(
     from PIL import Image
 
     from ldm.data.grid import make_grid_image, save_image_atomic
+    from ldm.diffusion.conditioning import ConditionInputs
     from ldm.training.device import resolve_device
     from ldm.training.pipeline import LatentDiffusionPipeline
 
@@ -101,13 +102,13 @@ def sample(
     masked_images, masks = (_inpainting_input(mask_from, mask_box, pipeline.config, n)
                             if mask_from is not None else (None, None))
     generator = torch.Generator().manual_seed(seed)
-    labels, prompts = pipeline.complete_conditions(
-        n, torch.full((n,), label, dtype=torch.long) if label is not None else None,
-        [prompt] * n if prompt is not None else None, masked_images, masks, generator)
-    images = pipeline.generate(n, sampling, labels, prompts, masked_images, masks, generator)
+    conditions = pipeline.complete_conditions(n, ConditionInputs(
+        labels=torch.full((n,), label, dtype=torch.long) if label is not None else None,
+        prompts=[prompt] * n if prompt is not None else None, masked_images=masked_images, masks=masks), generator)
+    images = pipeline.generate(n, conditions=conditions, sampling=sampling, generator=generator)
 
     out = out or resolve_workdir() / "samples" / "grid.png"
-    save_image_atomic(make_grid_image(images, pipeline.condition_names(labels, prompts), ncol=8), out)
+    save_image_atomic(make_grid_image(images, pipeline.grid_captions(conditions), ncol=8), out)
     typer.echo(f"grid of {n} images: {out}")
     if save_individual is not None:
         for i, image in enumerate(images):

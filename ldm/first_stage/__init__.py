@@ -4,7 +4,6 @@ from ldm.first_stage.autoencoder import (
     AutoencoderOutput,
     FirstStage,
     build_first_stage,
-    estimate_scale_factor,
     evaluating,
 )
 from ldm.first_stage.losses import AutoencoderLoss
@@ -18,7 +17,6 @@ __all__ = [
     "LatentPosterior",
     "RateDistortion",
     "build_first_stage",
-    "estimate_scale_factor",
     "evaluate_rate_distortion",
     "evaluating",
 ]

@@ -1,4 +1,8 @@
-"""First stages: the convolutional KL/VQ autoencoder and the identity (f = 1, pixel-space diffusion)."""
+"""First stages: the convolutional KL/VQ autoencoder and the identity (f = 1, pixel-space diffusion).
+
+Each first stage answers for itself: its latent channels, whether it is trained, its scale factor and its
+rate; `build_first_stage` is the one place that picks one from the config.
+"""
 
 from __future__ import annotations
 
@@ -14,12 +18,15 @@ from ldm.config import AutoencoderConfig
 from ldm.errors import UserError
 from ldm.first_stage.blocks import AttentionBlock, Downsample, ResnetBlock, Upsample, group_norm
 from ldm.first_stage.regularizers import (
-    GaussianRegularizer,
     LatentPosterior,
     PointPosterior,
     RegularizedLatent,
-    VectorQuantizer,
+    REGULARIZERS,
+    Regularizer,
 )
+
+# Raw pixels: the rate of the identity first stage.
+RAW_BITS_PER_CHANNEL = 8
 
 
 @dataclass
@@ -34,11 +41,6 @@ def level_channels(cfg: AutoencoderConfig) -> list[int]:
     """Width of each of the log2(f) + 1 levels; the last multiplier repeats, extra ones are ignored."""
     mult = cfg.channel_mult
     return [cfg.base_channels * mult[min(level, len(mult) - 1)] for level in range(cfg.levels + 1)]
-
-
-def latent_channel_count(cfg: AutoencoderConfig, image_channels: int) -> int:
-    """Channels of the latent: the image's own for the identity first stage, else `latent_channels`."""
-    return image_channels if cfg.f == 1 else cfg.latent_channels
 
 
 def _bottleneck(channels: int, attention: bool) -> nn.Sequential:
@@ -98,12 +100,28 @@ class Decoder(nn.Module):
 
 
 class FirstStage(nn.Module, ABC):
-    """Maps images in [-1, 1] to latents of shape (c, H/f, W/f) and back."""
+    """Maps images in [-1, 1] to latents of shape (c, H/f, W/f) and back.
+
+    `trainable`: whether stage 1 has anything to learn; `rescales_latents`: whether diffusion sees the latents
+    scaled by 1/std (the scale factor) rather than as they are.
+    """
+
+    trainable: bool = True
+    rescales_latents: bool = True
 
     def __init__(self, config: AutoencoderConfig, image_channels: int) -> None:
         super().__init__()
         self.config = config
         self.image_channels = image_channels
+
+    @property
+    @abstractmethod
+    def latent_channels(self) -> int:
+        """Channels c of the latent."""
+
+    @abstractmethod
+    def bits_per_pixel(self, resolution: int, mean_kl_nats: float) -> float:
+        """The rate of a `resolution`^2 image's latent (`mean_kl_nats`: the mean KL, for KL first stages)."""
 
     @abstractmethod
     def encode_regularized(self, x: Tensor) -> RegularizedLatent:
@@ -131,18 +149,44 @@ class FirstStage(nn.Module, ABC):
         parameter = next(self.parameters(), None)
         return x if parameter is None else x.to(parameter.device)
 
-    def latent_channels(self) -> int:
-        return latent_channel_count(self.config, self.image_channels)
-
     def latent_shape(self, resolution: int) -> tuple[int, int, int]:
         f = self.config.f
         if resolution % f:
             raise UserError(f"resolution {resolution} is not divisible by autoencoder.f={f}; allowed: multiples of {f}")
-        return self.latent_channels(), resolution // f, resolution // f
+        return self.latent_channels, resolution // f, resolution // f
+
+    def latent_ratio(self, resolution: int) -> float:
+        """(H/f * W/f * c) / (H * W * C): the fraction of the image's values the latent keeps."""
+        channels, side, _ = self.latent_shape(resolution)
+        return side * side * channels / (resolution * resolution * self.image_channels)
+
+    def scale_factor(self, images: Tensor, batch_size: int = 64) -> float:
+        """`autoencoder.scale_factor` when set, else 1 / std of posterior samples over `images` (LDM App. D.1)
+        for a first stage that rescales its latents, else 1."""
+        if self.config.scale_factor is not None:
+            return self.config.scale_factor
+        if not self.rescales_latents:
+            return 1.0
+        with evaluating(self):
+            latents = [self.encode(self.on_device(chunk)).sample() for chunk in images.split(batch_size)]
+        return 1.0 / torch.cat(latents).double().std().item()
 
 
 class IdentityFirstStage(FirstStage):
-    """f = 1: no parameters, the latent is the image, so the same pipeline runs pixel-space diffusion."""
+    """f = 1: no parameters, the latent is the image, so the same pipeline runs pixel-space diffusion.
+
+    It ignores every autoencoder field but `f` and `scale_factor`; its rate is that of the raw 8-bit pixels.
+    """
+
+    trainable = False
+    rescales_latents = False
+
+    @property
+    def latent_channels(self) -> int:
+        return self.image_channels
+
+    def bits_per_pixel(self, resolution: int, mean_kl_nats: float) -> float:
+        return float(RAW_BITS_PER_CHANNEL * self.image_channels)
 
     def encode_regularized(self, x: Tensor) -> RegularizedLatent:
         return RegularizedLatent(PointPosterior(x), x.new_zeros(()), {})
@@ -161,15 +205,21 @@ class Autoencoder(FirstStage):
     def __init__(self, config: AutoencoderConfig, image_channels: int) -> None:
         super().__init__(config, image_channels)
         c = config.latent_channels
-        self.regularizer: GaussianRegularizer | VectorQuantizer
-        if config.regularizer == "kl":
-            self.encoder = Encoder(config, image_channels, 2 * c)
-            self.regularizer = GaussianRegularizer(config.kl_weight)
-        else:
-            self.encoder = Encoder(config, image_channels, c)
-            self.regularizer = VectorQuantizer(config.codebook_size, c, config.commitment_weight,
-                                               config.codebook_ema_decay)
+        regularizer = REGULARIZERS[config.regularizer]
+        self.encoder = Encoder(config, image_channels, regularizer.moments_per_channel * c)
+        self.regularizer: Regularizer = regularizer.build(config)
         self.decoder = Decoder(config, c, image_channels)
+
+    @property
+    def rescales_latents(self) -> bool:  # type: ignore[override]
+        return self.regularizer.rescales_latents
+
+    @property
+    def latent_channels(self) -> int:
+        return self.config.latent_channels
+
+    def bits_per_pixel(self, resolution: int, mean_kl_nats: float) -> float:
+        return self.regularizer.bits_per_pixel(resolution, resolution // self.config.f, mean_kl_nats)
 
     def encode_regularized(self, x: Tensor) -> RegularizedLatent:
         return self.regularizer(self.encoder(x))
@@ -183,6 +233,7 @@ class Autoencoder(FirstStage):
 
 
 def build_first_stage(cfg: AutoencoderConfig, image_channels: int) -> FirstStage:
+    """The identity for f = 1 (pixel space), else the autoencoder with its regulariser."""
     if cfg.f == 1:
         return IdentityFirstStage(cfg, image_channels)
     return Autoencoder(cfg, image_channels)
@@ -198,18 +249,3 @@ def evaluating(module: nn.Module) -> Iterator[None]:
             yield
     finally:
         module.train(was_training)
-
-
-def estimate_scale_factor(first_stage: FirstStage, images: Tensor, batch_size: int = 64) -> float:
-    """1 / std of KL posterior samples over `images` (LDM App. D.1); 1 for VQ and identity.
-
-    `autoencoder.scale_factor` overrides the estimate when set.
-    """
-    cfg = first_stage.config
-    if cfg.scale_factor is not None:
-        return cfg.scale_factor
-    if cfg.f == 1 or cfg.regularizer == "vq":
-        return 1.0
-    with evaluating(first_stage):
-        latents = [first_stage.encode(first_stage.on_device(chunk)).sample() for chunk in images.split(batch_size)]
-    return 1.0 / torch.cat(latents).double().std().item()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
@@ -10,15 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ldm.config import AutoencoderConfig
 from ldm.errors import DataError
-from ldm.first_stage.autoencoder import FirstStage, evaluating, latent_channel_count
+from ldm.first_stage.autoencoder import FirstStage, evaluating
 from ldm.first_stage.regularizers import QuantizedPosterior, code_usage_stats
 
 SSIM_WINDOW, SSIM_SIGMA, SSIM_K1, SSIM_K2 = 11, 1.5, 0.01, 0.03
 # Caps PSNR at 100 dB, so a lossless first stage (f = 1) logs a finite number.
 MIN_MSE = 1e-10
-RAW_BITS_PER_CHANNEL = 8
 
 
 def to_unit_range(x: Tensor) -> Tensor:
@@ -66,32 +63,6 @@ def ssim(x: Tensor, y: Tensor) -> Tensor:
     return index.reshape(batch, -1).mean(1).to(x.dtype)
 
 
-def latent_size_ratio(cfg: AutoencoderConfig, resolution: int, image_channels: int) -> float:
-    """(H/f * W/f * c) / (H * W * C): the fraction of the image's values the latent keeps."""
-    side = resolution // cfg.f
-    return side * side * latent_channel_count(cfg, image_channels) / (resolution * resolution * image_channels)
-
-
-def vq_bits_per_pixel(resolution: int, f: int, codebook_size: int) -> float:
-    """(H/f)(W/f) log2 K / (H W): one code index per latent position."""
-    side = resolution // f
-    return side * side * math.log2(codebook_size) / (resolution * resolution)
-
-
-def kl_bits_per_pixel(mean_kl_nats: float, resolution: int) -> float:
-    """E[KL(q(z|x) || N(0, I))] / ln 2 / (H W): the KL term as an (idealised) code length."""
-    return mean_kl_nats / math.log(2) / (resolution * resolution)
-
-
-def bits_per_pixel(cfg: AutoencoderConfig, resolution: int, image_channels: int, mean_kl_nats: float) -> float:
-    """The rate of this first stage: raw 8-bit pixels for f = 1, the code indices for VQ, the KL for KL."""
-    if cfg.f == 1:
-        return float(RAW_BITS_PER_CHANNEL * image_channels)
-    if cfg.regularizer == "vq":
-        return vq_bits_per_pixel(resolution, cfg.f, cfg.codebook_size)
-    return kl_bits_per_pixel(mean_kl_nats, resolution)
-
-
 @dataclass(frozen=True)
 class RateDistortion:
     psnr: float
@@ -107,8 +78,7 @@ class RateDistortion:
         return {name: value for name, value in asdict(self).items() if value is not None}
 
 
-def evaluate_rate_distortion(first_stage: FirstStage, batches: Iterable[Tensor], cfg: AutoencoderConfig,
-                             image_channels: int) -> RateDistortion:
+def evaluate_rate_distortion(first_stage: FirstStage, batches: Iterable[Tensor]) -> RateDistortion:
     """Per-image averages over held-out batches in [-1, 1], reconstructing from the posterior mode."""
     sums = {"psnr": 0.0, "ssim": 0.0, "mse": 0.0, "kl": 0.0}
     count, resolution = 0, 0
@@ -125,7 +95,8 @@ def evaluate_rate_distortion(first_stage: FirstStage, batches: Iterable[Tensor],
                                  ("mse", mse(reconstruction, x)), ("kl", posterior.kl())):
                 sums[name] += values.double().sum().item()
             if isinstance(posterior, QuantizedPosterior):
-                batch_counts = torch.bincount(posterior.indices.flatten(), minlength=cfg.codebook_size).cpu()
+                batch_counts = torch.bincount(posterior.indices.flatten(),
+                                              minlength=first_stage.config.codebook_size).cpu()
                 code_counts = batch_counts if code_counts is None else code_counts + batch_counts
             count, resolution = count + x.shape[0], height
     if count == 0:
@@ -135,8 +106,8 @@ def evaluate_rate_distortion(first_stage: FirstStage, batches: Iterable[Tensor],
         psnr=sums["psnr"] / count,
         ssim=sums["ssim"] / count,
         mse=sums["mse"] / count,
-        bpp=bits_per_pixel(cfg, resolution, image_channels, sums["kl"] / count),
-        latent_ratio=latent_size_ratio(cfg, resolution, image_channels),
+        bpp=first_stage.bits_per_pixel(resolution, sums["kl"] / count),
+        latent_ratio=first_stage.latent_ratio(resolution),
         perplexity=perplexity,
         codebook_usage=usage,
     )

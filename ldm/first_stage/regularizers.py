@@ -1,14 +1,23 @@
-"""Latent regularisers: a diagonal Gaussian posterior (KL) and an EMA vector quantiser (VQ)."""
+"""Latent regularisers: a diagonal Gaussian posterior (KL) and an EMA vector quantiser (VQ).
+
+Each is one `Regularizer` subclass registered under its `autoencoder.regularizer` value; it owns what differs
+between them: the encoder moments it takes, its loss, its rate (bits per pixel) and whether its latents are
+rescaled to unit variance before diffusion.
+"""
 
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self
 
 import torch
 import torch.nn.functional as F
 from torch import Generator, Tensor, nn
+
+if TYPE_CHECKING:
+    from ldm.config import AutoencoderConfig, Regularizer as RegularizerName
 
 LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
 
@@ -77,12 +86,65 @@ class RegularizedLatent:
     stats: dict[str, float]
 
 
-class GaussianRegularizer(nn.Module):
-    """KL regularisation: loss = kl_weight * mean over the batch of KL(q(z|x) || N(0, I))."""
+REGULARIZERS: dict[str, type[Regularizer]] = {}
+
+
+class Regularizer(nn.Module, ABC):
+    """Base of the regularisers; a subclass names its type: `class VectorQuantizer(Regularizer, kind="vq")`.
+
+    `moments_per_channel`: encoder output channels per latent channel; `rescales_latents`: whether the latents
+    are scaled by 1/std before diffusion (LDM App. D.1 does it for KL, not for VQ).
+    """
+
+    kind: ClassVar[RegularizerName]
+    moments_per_channel: ClassVar[int] = 1
+    rescales_latents: ClassVar[bool] = False
+
+    def __init_subclass__(cls, kind: RegularizerName | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if kind is not None:
+            cls.kind = kind
+            REGULARIZERS[kind] = cls
+
+    @classmethod
+    @abstractmethod
+    def build(cls, cfg: AutoencoderConfig) -> Self:
+        """A new regulariser of this type from the first stage's config."""
+
+    @abstractmethod
+    def forward(self, moments: Tensor) -> RegularizedLatent: ...
+
+    @abstractmethod
+    def bits_per_pixel(self, resolution: int, latent_side: int, mean_kl_nats: float) -> float:
+        """The rate of a latent of `latent_side`^2 positions for a `resolution`^2 image."""
+
+
+def kl_bits_per_pixel(mean_kl_nats: float, resolution: int) -> float:
+    """E[KL(q(z|x) || N(0, I))] / ln 2 / (H W): the KL term as an (idealised) code length."""
+    return mean_kl_nats / math.log(2) / (resolution * resolution)
+
+
+def vq_bits_per_pixel(resolution: int, latent_side: int, codebook_size: int) -> float:
+    """(H/f)(W/f) log2 K / (H W): one code index per latent position."""
+    return latent_side * latent_side * math.log2(codebook_size) / (resolution * resolution)
+
+
+class GaussianRegularizer(Regularizer, kind="kl"):
+    """KL regularisation: loss = kl_weight * mean over the batch of KL(q(z|x) || N(0, I)); rate = the KL."""
+
+    moments_per_channel = 2  # mean and log-variance
+    rescales_latents = True
 
     def __init__(self, kl_weight: float) -> None:
         super().__init__()
         self.kl_weight = kl_weight
+
+    @classmethod
+    def build(cls, cfg: AutoencoderConfig) -> Self:
+        return cls(cfg.kl_weight)
+
+    def bits_per_pixel(self, resolution: int, latent_side: int, mean_kl_nats: float) -> float:
+        return kl_bits_per_pixel(mean_kl_nats, resolution)
 
     def forward(self, moments: Tensor) -> RegularizedLatent:
         posterior = DiagonalGaussian(moments)
@@ -105,8 +167,8 @@ def code_usage_stats(counts: Tensor) -> tuple[float, float]:
     return math.exp(entropy.item()), 100.0 * (counts > 0).double().mean().item()
 
 
-class VectorQuantizer(nn.Module):
-    """Nearest-code quantiser with a straight-through gradient and an EMA-updated codebook.
+class VectorQuantizer(Regularizer, kind="vq"):
+    """Nearest-code quantiser with a straight-through gradient and an EMA-updated codebook; rate = log2 K per code.
 
     The codebook is not a parameter: in training mode it follows exponential moving averages of
     per-code cluster sizes and embedding sums (VQ-VAE, App. A.1), with Laplace smoothing, and codes
@@ -125,6 +187,13 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("cluster_size", torch.ones(codebook_size))
         self.register_buffer("embedding_sum", codebook.clone())
         self.register_buffer("steps_unused", torch.zeros(codebook_size, dtype=torch.long))
+
+    @classmethod
+    def build(cls, cfg: AutoencoderConfig) -> Self:
+        return cls(cfg.codebook_size, cfg.latent_channels, cfg.commitment_weight, cfg.codebook_ema_decay)
+
+    def bits_per_pixel(self, resolution: int, latent_side: int, mean_kl_nats: float) -> float:
+        return vq_bits_per_pixel(resolution, latent_side, self.codebook_size)
 
     def forward(self, z_e: Tensor) -> RegularizedLatent:
         b, _, h, w = z_e.shape

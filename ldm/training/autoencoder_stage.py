@@ -18,7 +18,6 @@ from ldm.first_stage import (
     AutoencoderLoss,
     FirstStage,
     build_first_stage,
-    estimate_scale_factor,
     evaluate_rate_distortion,
     evaluating,
 )
@@ -120,11 +119,12 @@ def train_autoencoder(cfg: ExperimentConfig, workdir: Path, tracker: Tracker = N
     first_stage = build_first_stage(cfg.autoencoder, cfg.data.channels)
     trainee = prepare_module(AutoencoderTrainee(first_stage, AutoencoderLoss(cfg.autoencoder, cfg.data.channels)),
                              device)
-    if cfg.autoencoder.f == 1:  # the identity has nothing to learn: a checkpoint of its (empty) state
+    if not first_stage.trainable:  # a checkpoint of its (empty) state
         save_checkpoint(path, step=0, model=trainee, optimizers={}, ema=None, data_order={}, config=cfg, extras={})
         step = 0
     else:
-        stage = Stage(name="autoencoder", model=trainee, step=AutoencoderStep(trainee), train_data=train,
+        stage = Stage(name="autoencoder", settings=cfg.training.autoencoder, metric_prefix="ae",
+                      val_metric="ae/val_loss", model=trainee, step=AutoencoderStep(trainee), train_data=train,
                       val_data=val, checkpoint=path, extras={}, preview_key="ae_reconstructions")
         trained = train_stage(stage, cfg, device, tracker, resume=resume and not retrain)
         if trained.ema is not None:  # what later stages load (`load_first_stage` prefers the EMA weights)
@@ -133,7 +133,7 @@ def train_autoencoder(cfg: ExperimentConfig, workdir: Path, tracker: Tracker = N
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.training.seed)
-        scale_factor = estimate_scale_factor(first_stage, _first_images(train, SCALE_SAMPLE_IMAGES))
+        scale_factor = first_stage.scale_factor(_first_images(train, SCALE_SAMPLE_IMAGES))
     metrics = rate_distortion(first_stage, val, cfg, RATE_DISTORTION_IMAGES)
     atomic_write_text(path.with_name(METRICS_NAME), json.dumps(metrics, indent=2))
     save_image_atomic(reconstruction_grid(first_stage, _first_images(val, RECONSTRUCTION_GRID_IMAGES).to(device)),
@@ -179,7 +179,7 @@ def rate_distortion(first_stage: FirstStage, data: Dataset, cfg: ExperimentConfi
     if limit is not None and limit < len(data):
         data = Subset(data, range(limit))
     batches = (batch["image"] for batch in DataLoader(data, batch_size=cfg.training.autoencoder.batch_size))
-    return evaluate_rate_distortion(first_stage, batches, cfg.autoencoder, cfg.data.channels).as_metrics()
+    return evaluate_rate_distortion(first_stage, batches).as_metrics()
 
 
 def _first_images(data: Dataset, count: int) -> Tensor:

@@ -14,9 +14,8 @@ from torch.utils.data import DataLoader
 from ldm.config import ExperimentConfig
 from ldm.data.grid import make_grid_image, save_image_atomic
 from ldm.data.registry import build_dataset
-from ldm.diffusion.conditioning import DatasetInfo
+from ldm.diffusion.conditioning import DatasetInfo, DatasetSummary
 from ldm.diffusion.process import GaussianDiffusion
-from ldm.diffusion.tokenizer import WordTokenizer
 from ldm.errors import UserError
 from ldm.io import atomic_write_text
 from ldm.paths import runs_dir
@@ -24,13 +23,7 @@ from ldm.tracking import NullTracker, Tracker, flatten
 from ldm.training.autoencoder_stage import load_first_stage, train_autoencoder
 from ldm.training.device import Batch, maybe_compile, prepare_module, resolve_device
 from ldm.training.loop import OnEval, PeriodicEval, Stage, StepLosses, train_stage
-from ldm.training.pipeline import (
-    CONDITION_ARGUMENTS,
-    DatasetSummary,
-    LatentDiffusionPipeline,
-    build_denoiser,
-    encode_latents,
-)
+from ldm.training.pipeline import LatentDiffusionPipeline, build_denoiser, encode_latents
 
 CHECKPOINT_NAME = "diffusion.pt"
 PREVIEW_IMAGES = 16
@@ -42,21 +35,12 @@ def run_dir(cfg: ExperimentConfig, workdir: Path) -> Path:
     return runs_dir(workdir) / f"{cfg.name}-{cfg.config_hash()}"
 
 
-def batch_conditions(batch: Batch, pipeline: LatentDiffusionPipeline, count: int | None = None) -> dict[str, Any]:
-    """The generation arguments of the model's conditioning type, taken from the first `count` items of a batch."""
-    available = {"labels": batch.get("label"), "prompts": batch.get("caption"), "masked_images": batch["image"],
-                 "masks": batch.get("mask")}
-    return {name: value[:count] for name, value in available.items()
-            if name in CONDITION_ARGUMENTS[pipeline.conditioning]}
-
-
 def sample_grid(pipeline: LatentDiffusionPipeline, batch: Batch, count: int, seed: int) -> Image.Image:
     """Samples under the conditions of a batch's first `count` items, labelled by class name or prompt."""
     count = min(count, len(batch["image"]))
-    conditions = batch_conditions(batch, pipeline, count)
-    images = pipeline.to_float(count, generator=torch.Generator().manual_seed(seed), **conditions)
-    names = pipeline.condition_names(conditions.get("labels"), conditions.get("prompts"))
-    return make_grid_image(images, names, ncol=min(8, count))
+    conditions = pipeline.conditioner.inputs_from_batch(batch, count)
+    images = pipeline.to_float(count, conditions=conditions, generator=torch.Generator().manual_seed(seed))
+    return make_grid_image(images, pipeline.grid_captions(conditions), ncol=min(8, count))
 
 
 class DiffusionStep:
@@ -72,10 +56,9 @@ class DiffusionStep:
     def _loss(self, batch: Batch, drop_conditions: bool) -> Tensor:
         pipeline = self.pipeline
         x0 = encode_latents(pipeline.first_stage, batch["image"], pipeline.scale_factor, sample_posterior=True)
-        cond = pipeline.condition(**batch_conditions(batch, pipeline))
-        conditioner = pipeline.denoiser.conditioner
-        if drop_conditions and cond is not None and conditioner is not None:
-            cond = conditioner.drop(cond, self.p_uncond, None)
+        cond = pipeline.condition(pipeline.conditioner.inputs_from_batch(batch))
+        if drop_conditions and cond is not None:
+            cond = pipeline.conditioner.drop(cond, self.p_uncond, None)
         t = torch.randint(0, pipeline.diffusion.num_timesteps, (len(x0),), device=x0.device)
         noise = torch.randn_like(x0)
         return pipeline.diffusion.training_loss(self.model_fn, x0, t, noise, {"cond": cond}).mean()
@@ -107,15 +90,13 @@ def train_diffusion(cfg: ExperimentConfig, workdir: Path, tracker: Tracker = Nul
     device = resolve_device(cfg.training.device)
     torch.manual_seed(cfg.training.seed)
     train, val = build_dataset(cfg.data, "train", workdir), build_dataset(cfg.data, "val", workdir)
-    tokenizer = (WordTokenizer.build(train.captions or [], cfg.diffusion.text.max_tokens)
-                 if cfg.diffusion.conditioning == "text" else None)
-    info = DatasetInfo(num_classes=train.num_classes, tokenizer=tokenizer,
+    info = DatasetInfo(num_classes=train.num_classes, captions=train.captions,
                        latent_shape=first_stage.latent_shape(cfg.data.resolution))
     summary = DatasetSummary.of(train)
+    denoiser = prepare_module(build_denoiser(cfg, info), device)
     extras = {"scale_factor": scale_factor, "first_stage": first_stage.state_dict(),
               "first_stage_checkpoint": str(first_stage_ckpt), "dataset": summary.to_dict(),
-              "tokenizer": tokenizer.to_dict() if tokenizer is not None else None}
-    denoiser = prepare_module(build_denoiser(cfg, info), device)
+              **denoiser.conditioner.saved_state()}
     pipeline = LatentDiffusionPipeline(first_stage=first_stage.to(device), denoiser=denoiser,
                                        diffusion=GaussianDiffusion.from_config(cfg.diffusion),
                                        scale_factor=scale_factor, config=cfg, dataset=summary, device=device)
@@ -124,7 +105,8 @@ def train_diffusion(cfg: ExperimentConfig, workdir: Path, tracker: Tracker = Nul
 
     folder = run_dir(cfg, workdir)
     cfg.save(folder / "config.yaml")
-    stage = Stage(name="diffusion", model=denoiser, step=step, train_data=train, val_data=val,
+    stage = Stage(name="diffusion", settings=cfg.training.diffusion, metric_prefix="diffusion",
+                  val_metric="val_loss", model=denoiser, step=step, train_data=train, val_data=val,
                   checkpoint=folder / CHECKPOINT_NAME, extras=extras, preview_key="diffusion_samples")
     every = cfg.evaluation.fid_every
     periodic = (PeriodicEval(every, lambda _step: intermediate(pipeline))

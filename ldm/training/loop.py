@@ -68,15 +68,16 @@ class TrainingStep(Protocol):
 
 
 StageName = Literal["autoencoder", "diffusion"]  # the stage's section of `training`
-METRIC_PREFIX: dict[StageName, str] = {"autoencoder": "ae", "diffusion": "diffusion"}
-VAL_METRIC: dict[StageName, str] = {"autoencoder": "ae/val_loss", "diffusion": "val_loss"}
 
 
 @dataclass(frozen=True)
 class Stage:
-    """Everything the loop needs to train one stage."""
+    """Everything the loop needs to train one stage, its own settings and metric names included."""
 
     name: StageName
+    settings: StageTrainingConfig  # `training.<name>`
+    metric_prefix: str  # of its step metrics, e.g. `ae/loss`
+    val_metric: str  # the logged name of its validation loss
     model: nn.Module  # what is checkpointed and averaged: every trainable module of the stage
     step: TrainingStep
     train_data: Dataset
@@ -175,8 +176,7 @@ def train_stage(stage: Stage, cfg: ExperimentConfig, device: torch.device, track
                 resume: bool = False, on_eval: OnEval | None = None,
                 periodic: PeriodicEval | None = None) -> TrainedStage:
     """Train `stage.model` for the stage's steps, continuing from `stage.checkpoint` when resuming and it exists."""
-    settings: StageTrainingConfig = getattr(cfg.training, stage.name)
-    seed, prefix = cfg.training.seed, METRIC_PREFIX[stage.name]
+    settings, seed, prefix = stage.settings, cfg.training.seed, stage.metric_prefix
     if len(stage.train_data) < settings.batch_size:
         raise DataError(f"the train split has {len(stage.train_data)} images, fewer than "
                         f"training.{stage.name}.batch_size={settings.batch_size}; lower the batch size")
@@ -221,11 +221,11 @@ def train_stage(stage: Stage, cfg: ExperimentConfig, device: torch.device, track
                 metrics[f"{prefix}/lr"] = lr_at(step, settings)
                 if val_batches:
                     with _evaluation(stage.model, device, seed):
-                        metrics[VAL_METRIC[stage.name]] = _mean_val_loss(stage.step, val_batches)
+                        metrics[stage.val_metric] = _mean_val_loss(stage.step, val_batches)
                 tracker.log_metrics(metrics, step=step)
                 progress.update(step, metrics)
                 if val_batches and on_eval is not None:
-                    on_eval("val_loss", metrics[VAL_METRIC[stage.name]], step)
+                    on_eval("val_loss", metrics[stage.val_metric], step)
                 window = _Window()
             else:
                 progress.update(step)

@@ -1,32 +1,24 @@
-"""A trained latent diffusion model as one object: conditions in, images out.
+"""A trained latent diffusion model as one object: condition inputs in, images out.
 
-Conditions, by `diffusion.conditioning`:
-- `none`: no labels, prompts or masks may be given.
-- `class`: `labels` (N,) in 0..num_classes-1; when none are given they are drawn from the training
-  split's label frequencies with the generator.
-- `text`: `prompts` (N strings); when none are given they are drawn from the training captions,
-  with their frequencies.
-- `concat` (inpainting): `masked_images` (N, C, H, W) in [-1, 1] and `masks` (N, 1, H, W), 1 = region to
-  inpaint; pixels under the mask are zeroed before encoding, so whole images may be passed. Both are required.
+What a model takes is its conditioner's to say (`ldm/diffusion/conditioning/`): nothing for `none`, `labels`
+for `class` and `prompts` for `text` (missing ones drawn from the training split's frequencies with the
+generator), `masked_images` with `masks` for `concat` (inpainting; both required).
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ldm.config import Conditioning, ExperimentConfig, SamplingConfig
-from ldm.data.base import ImageDataset
+from ldm.config import ExperimentConfig, SamplingConfig
 from ldm.diffusion.conditioning import (
     Condition,
+    ConditionInputs,
     Conditioner,
     DatasetInfo,
-    MaskedLatent,
+    DatasetSummary,
     build_conditioner,
     conditioned_forward,
 )
@@ -40,19 +32,11 @@ from ldm.training.autoencoder_stage import first_stage_of
 from ldm.training.checkpoint import model_weights, read_checkpoint
 from ldm.training.device import autocast
 
-# The generation arguments each conditioning type takes.
-CONDITION_ARGUMENTS: dict[Conditioning, frozenset[str]] = {
-    "none": frozenset(),
-    "class": frozenset({"labels"}),
-    "text": frozenset({"prompts"}),
-    "concat": frozenset({"masked_images", "masks"}),
-}
-
 
 class Denoiser(nn.Module):
-    """What the diffusion stage trains: the UNet and its conditioner (None when unconditional)."""
+    """What the diffusion stage trains: the UNet and its conditioner."""
 
-    def __init__(self, unet: UNet, conditioner: Conditioner | None) -> None:
+    def __init__(self, unet: UNet, conditioner: Conditioner) -> None:
         super().__init__()
         self.unet = unet
         self.conditioner = conditioner
@@ -66,34 +50,9 @@ def build_denoiser(cfg: ExperimentConfig, info: DatasetInfo) -> Denoiser:
     assert info.latent_shape is not None
     channels = info.latent_shape[0]
     conditioner = build_conditioner(cfg.diffusion, info)
-    extra = conditioner.extra_in_channels(channels) if conditioner is not None else 0
-    context_dim = conditioner.context_dim if conditioner is not None else None
-    return Denoiser(UNet(cfg.diffusion.unet, channels + extra, channels, context_dim), conditioner)
-
-
-@dataclass(frozen=True)
-class DatasetSummary:
-    """What generation needs from the training split: class names, label and caption frequencies."""
-
-    class_names: list[str]
-    label_counts: list[int]
-    captions: list[str]
-    caption_counts: list[int]
-
-    @classmethod
-    def of(cls, dataset: ImageDataset) -> DatasetSummary:
-        labels = dataset.labels
-        label_counts = (torch.bincount(labels, minlength=dataset.num_classes).tolist()
-                        if labels is not None else [])
-        captions = Counter(dataset.captions or [])
-        return cls(list(dataset.class_names), label_counts, sorted(captions), [captions[c] for c in sorted(captions)])
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, state: dict[str, Any]) -> DatasetSummary:
-        return cls(**state)
+    unet = UNet(cfg.diffusion.unet, channels + conditioner.extra_in_channels(channels), channels,
+                conditioner.context_dim)
+    return Denoiser(unet, conditioner)
 
 
 def encode_latents(first_stage: FirstStage, images: Tensor, scale_factor: float, sample_posterior: bool) -> Tensor:
@@ -101,23 +60,6 @@ def encode_latents(first_stage: FirstStage, images: Tensor, scale_factor: float,
     with torch.no_grad():
         posterior = first_stage.encode(images)
         return (posterior.sample() if sample_posterior else posterior.mode()) * scale_factor
-
-
-def conditioner_input(conditioning: Conditioning, first_stage: FirstStage, scale_factor: float, *,
-                      labels: Tensor | None, prompts: list[str] | None, masked_images: Tensor | None,
-                      masks: Tensor | None) -> Any:
-    """What the conditioner of `conditioning` takes: labels, prompts, or the masked image's latent with the mask."""
-    match conditioning:
-        case "none":
-            return None
-        case "class":
-            return labels
-        case "text":
-            return prompts
-        case "concat":
-            assert masked_images is not None and masks is not None
-            masked = masked_images * (1 - masks)
-            return MaskedLatent(encode_latents(first_stage, masked, scale_factor, sample_posterior=False), masks)
 
 
 class LatentDiffusionPipeline:
@@ -141,8 +83,9 @@ class LatentDiffusionPipeline:
         first_stage, scale_factor, cfg = first_stage_of(ckpt, path)
         device = torch.device(device)
         dataset = DatasetSummary.from_dict(extras["dataset"])
-        tokenizer = WordTokenizer.from_dict(extras["tokenizer"]) if extras["tokenizer"] is not None else None
-        info = DatasetInfo(num_classes=len(dataset.class_names), tokenizer=tokenizer,
+        saved_tokenizer = extras.get("tokenizer")
+        info = DatasetInfo(num_classes=len(dataset.class_names),
+                           tokenizer=WordTokenizer.from_dict(saved_tokenizer) if saved_tokenizer else None,
                            latent_shape=first_stage.latent_shape(cfg.data.resolution))
         denoiser = build_denoiser(cfg, info)
         denoiser.load_state_dict(model_weights(ckpt, use_ema))
@@ -152,79 +95,47 @@ class LatentDiffusionPipeline:
                    scale_factor=scale_factor, config=cfg, dataset=dataset, device=device)
 
     @property
-    def conditioning(self) -> Conditioning:
-        return self.config.diffusion.conditioning
+    def conditioner(self) -> Conditioner:
+        return self.denoiser.conditioner
 
     @torch.no_grad()
-    def to_float(self, n: int, sampling: SamplingConfig | None = None, labels: Tensor | None = None,
-                 prompts: list[str] | None = None, masked_images: Tensor | None = None, masks: Tensor | None = None,
-                 generator: torch.Generator | None = None, batch_size: int = 64) -> Tensor:
+    def to_float(self, n: int, *, conditions: ConditionInputs = ConditionInputs(),
+                 sampling: SamplingConfig | None = None, generator: torch.Generator | None = None,
+                 batch_size: int = 64) -> Tensor:
         """`n` images as float (N, C, H, W) in [-1, 1], sampled in batches of `batch_size` (see the module doc)."""
         sampling = sampling or self.config.diffusion.sampling
-        labels, prompts = self.complete_conditions(n, labels, prompts, masked_images, masks, generator)
+        conditions = self.complete_conditions(n, conditions, generator)
         shape = self.first_stage.latent_shape(self.config.data.resolution)
         chunks = []
         for start in range(0, n, batch_size):
             part = slice(start, min(n, start + batch_size))
             size = part.stop - part.start
-            cond = self.condition(
-                labels=labels[part] if labels is not None else None,
-                prompts=prompts[part] if prompts is not None else None,
-                masked_images=masked_images[part].to(self.device) if masked_images is not None else None,
-                masks=masks[part].to(self.device) if masks is not None else None)
-            uncond = self.denoiser.conditioner.null(size) if self.denoiser.conditioner is not None else None
+            cond = self.condition(conditions[part].to(self.device))
+            uncond = self.conditioner.null(size)
             with autocast(self.device):
                 latents = sample(self.denoiser, self.diffusion, (size, *shape), sampling, cond, uncond, generator,
                                  self.device)
                 chunks.append(self.first_stage.decode(latents / self.scale_factor).float().clamp(-1, 1))
         return torch.cat(chunks).cpu()
 
-    def generate(self, n: int, sampling: SamplingConfig | None = None, labels: Tensor | None = None,
-                 prompts: list[str] | None = None, masked_images: Tensor | None = None, masks: Tensor | None = None,
-                 generator: torch.Generator | None = None, batch_size: int = 64) -> Tensor:
+    def generate(self, n: int, *, conditions: ConditionInputs = ConditionInputs(),
+                 sampling: SamplingConfig | None = None, generator: torch.Generator | None = None,
+                 batch_size: int = 64) -> Tensor:
         """`n` images as uint8 (N, C, H, W); arguments as `to_float`."""
-        images = self.to_float(n, sampling, labels, prompts, masked_images, masks, generator, batch_size)
+        images = self.to_float(n, conditions=conditions, sampling=sampling, generator=generator,
+                               batch_size=batch_size)
         return ((images + 1) * 127.5).round().to(torch.uint8)
 
-    def condition(self, *, labels: Tensor | None = None, prompts: list[str] | None = None,
-                  masked_images: Tensor | None = None, masks: Tensor | None = None) -> Condition | None:
+    def condition(self, inputs: ConditionInputs) -> Condition | None:
         """The denoiser's condition for a batch of inputs (None for an unconditional model)."""
-        raw = conditioner_input(self.conditioning, self.first_stage, self.scale_factor, labels=labels,
-                                prompts=prompts, masked_images=masked_images, masks=masks)
-        return self.denoiser.conditioner(raw) if self.denoiser.conditioner is not None else None
+        return self.conditioner.condition(
+            inputs, lambda images: encode_latents(self.first_stage, images, self.scale_factor, sample_posterior=False))
 
-    def condition_names(self, labels: Tensor | None, prompts: list[str] | None) -> list[str] | None:
-        """Captions for a grid of generated images: the class names of the labels, else the prompts."""
-        if labels is not None:
-            return [self.dataset.class_names[int(label)] for label in labels]
-        return prompts
+    def grid_captions(self, inputs: ConditionInputs) -> list[str] | None:
+        """Captions for a grid of images generated for `inputs`: class names or prompts."""
+        return self.conditioner.grid_captions(inputs, self.dataset)
 
-    def complete_conditions(self, n: int, labels: Tensor | None, prompts: list[str] | None,
-                             masked_images: Tensor | None, masks: Tensor | None,
-                             generator: torch.Generator | None) -> tuple[Tensor | None, list[str] | None]:
+    def complete_conditions(self, n: int, inputs: ConditionInputs,
+                            generator: torch.Generator | None) -> ConditionInputs:
         """Check the given conditions against the model; draw missing labels or prompts from the data frequencies."""
-        kind, allowed = self.conditioning, CONDITION_ARGUMENTS[self.conditioning]
-        given = {"labels": labels, "prompts": prompts, "masked_images": masked_images, "masks": masks}
-        unexpected = sorted(name for name, value in given.items() if value is not None and name not in allowed)
-        if unexpected:
-            raise UserError(f"this model has diffusion.conditioning='{kind}': {', '.join(unexpected)} cannot be "
-                            f"given; allowed: {', '.join(sorted(allowed)) or 'no condition'}")
-        for name, value in given.items():
-            if value is not None and len(value) != n:
-                raise UserError(f"{len(value)} {name} for n={n} images; give exactly one per image")
-        if kind == "concat" and (masked_images is None or masks is None):
-            raise UserError("an inpainting model (diffusion.conditioning='concat') needs masked_images and masks")
-        if kind == "class":
-            count = len(self.dataset.class_names)
-            if labels is None:
-                weights = torch.tensor(self.dataset.label_counts, dtype=torch.float64)
-                labels = torch.multinomial(weights, n, replacement=True, generator=generator)
-            else:
-                outside = labels[(labels < 0) | (labels >= count)]
-                if outside.numel():
-                    raise UserError(f"label {int(outside[0])} is out of range; allowed: 0..{count - 1}")
-        if kind == "text" and prompts is None:
-            weights = torch.tensor(self.dataset.caption_counts, dtype=torch.float64)
-            prompts = [self.dataset.captions[i] for i in torch.multinomial(weights, n, replacement=True,
-                                                                              generator=generator).tolist()]
-        return labels, prompts
+        return self.conditioner.complete_inputs(n, inputs, self.dataset, generator)

@@ -9,9 +9,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from evaluation.experiment import Conditions, evaluate_experiment, generate_timed, intermediate_fid
+from evaluation.experiment import draw_conditions, evaluate_experiment, generate_timed, intermediate_fid
+from evaluation.extractors.domain import load_domain_extractor
+from evaluation.generation import conditioning_accuracy
 from evaluation.metric_catalog import metric_info
 from ldm.config import load_config
+from ldm.diffusion.conditioning import ConditionInputs
 from ldm.paths import WORKDIR_ENV
 from ldm.tracking import NullTracker
 from ldm.training.diffusion_stage import train_diffusion
@@ -65,6 +68,23 @@ def test_same_seed_same_numbers(class_model: Path, workdir: Path) -> None:
         assert first[name] == second[name], name
 
 
+def test_text_model_is_evaluated_with_the_labels_of_its_prompts(workdir: Path) -> None:
+    checkpoint = train_diffusion(load_config(preset="tiny", overrides=[*TINY, "diffusion.conditioning=text"]),
+                                 workdir)
+    pipeline = LatentDiffusionPipeline.from_checkpoint(checkpoint)
+    drawn = draw_conditions(pipeline, pipeline.config.evaluation, workdir)
+    prompts, labels = drawn.inputs.prompts, drawn.target_labels
+    assert prompts is not None and labels is not None and drawn.inputs.labels is None
+    assert len(prompts) == len(labels) == pipeline.config.evaluation.num_samples
+    for prompt, label in zip(prompts, labels, strict=True):
+        assert pipeline.dataset.class_names[int(label)] in prompt
+    report = evaluate_experiment(None, checkpoint, workdir, out=workdir / "text.json")
+    images, _ = generate_timed(pipeline, drawn.inputs, len(prompts), pipeline.config.diffusion.sampling,
+                               pipeline.config.evaluation.seed, pipeline.config.evaluation.batch_size)
+    classifier = load_domain_extractor(pipeline.config.data, workdir)
+    assert report["cond_accuracy"] == conditioning_accuracy(images, labels, classifier)
+
+
 def test_inpainting_model_is_evaluated_on_masked_reference_images(workdir: Path) -> None:
     checkpoint = train_diffusion(load_config(preset="tiny", overrides=[*TINY, "diffusion.conditioning=concat"]),
                                  workdir)
@@ -114,6 +134,7 @@ def test_intermediate_fid_is_logged_every_fid_every_steps(workdir: Path) -> None
 def test_metrics_see_the_pipelines_own_pixels(class_model: Path) -> None:
     pipeline = LatentDiffusionPipeline.from_checkpoint(class_model)
     labels = torch.tensor([0, 1, 2, 3])
-    images, _ = generate_timed(pipeline, Conditions(labels=labels), 4, pipeline.config.diffusion.sampling, 5, 4)
-    direct = pipeline.generate(4, labels=labels, generator=torch.Generator().manual_seed(5), batch_size=4)
+    images, _ = generate_timed(pipeline, ConditionInputs(labels=labels), 4, pipeline.config.diffusion.sampling, 5, 4)
+    direct = pipeline.generate(4, conditions=ConditionInputs(labels=labels), generator=torch.Generator().manual_seed(5),
+                               batch_size=4)
     assert torch.equal(images, direct.expand(-1, 3, -1, -1))

@@ -59,6 +59,13 @@ def spec_with(**changes):
      "log=true needs low > 0 (got low=0.0)"),
     ({"sampler": "annealing"}, "sampler='annealing' is not allowed; allowed: 'grid', 'tpe', 'nsga2' or 'random'"),
     ({"seeds": [0, 0]}, "seeds=[0, 0] repeat a seed"),
+    ({"space": {"autoencoder.f": {"type": "categorical", "choices": [1, 2]},
+                "autoencoder.latent_channels": {"type": "categorical", "choices": [2, 4]}}},
+     "space.autoencoder.latent_channels cannot be swept while autoencoder.f can be 1: the identity first stage "
+     "(f = 1) ignores it"),
+    ({"space": {"autoencoder.f": {"type": "categorical", "choices": [1, 2]},
+                "training.autoencoder.steps": {"type": "categorical", "choices": [10, 20]}}},
+     "space.training.autoencoder.steps cannot be swept while autoencoder.f can be 1"),
     ({"base": {"preset": "huge"}}, "unknown preset 'huge'; allowed: mnist, paper-f4, shapes, tiny"),
     ({"name": "a/b"}, "name='a/b': String should match pattern"),
 ])
@@ -66,6 +73,15 @@ def test_invalid_spec_is_rejected_with_its_reason(changes, message):
     with pytest.raises(SpecError) as e:
         spec_with(**changes)
     assert message in str(e.value)
+
+
+def test_first_stage_fields_are_swept_freely_where_they_take_effect():
+    latent = spec_with(space={"autoencoder.f": {"type": "categorical", "choices": [2, 4]},
+                              "autoencoder.latent_channels": {"type": "categorical", "choices": [2, 4]}})
+    assert latent.grid_size == 4
+    scaled = spec_with(space={"autoencoder.f": {"type": "categorical", "choices": [1, 2]},
+                              "autoencoder.scale_factor": {"type": "categorical", "choices": [0.5, 1.0]}})
+    assert scaled.grid_size == 4  # the identity uses the scale factor too
 
 
 def test_defaults_resolve_sampler_direction_and_grid_budget():

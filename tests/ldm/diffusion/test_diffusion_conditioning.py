@@ -1,16 +1,22 @@
 """Conditioners: outputs per type, null conditions, condition dropout and the builder's errors."""
 
+from typing import get_args
+
 import pytest
 import torch
 
-from ldm.config import DiffusionConfig, TextEncoderConfig, UNetConfig
+from ldm.config import Conditioning, DiffusionConfig, TextEncoderConfig, UNetConfig
 from ldm.diffusion.conditioning import (
+    CONDITIONERS,
     ClassEmbedder,
     ConcatConditioner,
+    ConditionInputs,
     DatasetInfo,
     MaskedLatent,
     TextEncoder,
+    Unconditional,
     build_conditioner,
+    conditioner_class,
 )
 from ldm.diffusion.tokenizer import PAD_ID, WordTokenizer
 from ldm.errors import ConfigError, DataError
@@ -23,8 +29,30 @@ def config(conditioning: str, **text: int) -> DiffusionConfig:
     return DiffusionConfig(conditioning=conditioning, unet=SMALL_UNET, text=TextEncoderConfig(**text))
 
 
-def test_none_builds_no_conditioner() -> None:
-    assert build_conditioner(config("none"), DatasetInfo()) is None
+def test_every_conditioning_value_has_one_registered_class() -> None:
+    assert set(CONDITIONERS) == set(get_args(Conditioning))
+    for kind, cls in CONDITIONERS.items():
+        assert conditioner_class(kind) is cls and cls.kind == kind
+
+
+def test_each_type_needs_the_item_its_batches_give() -> None:
+    batch = {"image": torch.zeros(2, 1, 8, 8), "label": torch.tensor([1, 2]), "caption": ["a", "b"],
+             "mask": torch.ones(2, 1, 8, 8)}
+    latent_shape = (1, 8, 8)
+    for kind, cls in CONDITIONERS.items():
+        conditioner = build_conditioner(config(kind), DatasetInfo(num_classes=3, captions=["a", "b"],
+                                                                  latent_shape=latent_shape))
+        given = conditioner.inputs_from_batch(batch).given()
+        assert set(given) == set(cls.accepts), kind
+        wanted = {"labels": "label", "prompts": "caption", "masks": "mask"}
+        assert {wanted[name] for name in given if name in wanted} == ({cls.needs} if cls.needs else set()), kind
+
+
+def test_none_conditions_on_nothing() -> None:
+    conditioner = build_conditioner(config("none"), DatasetInfo())
+    assert isinstance(conditioner, Unconditional) and list(conditioner.parameters()) == []
+    assert conditioner.null(2) is None and conditioner.condition(ConditionInputs(), lambda x: x) is None
+    assert conditioner.context_dim is None and conditioner.extra_in_channels(4) == 0
 
 
 def test_class_tokens_and_the_learned_null_token() -> None:

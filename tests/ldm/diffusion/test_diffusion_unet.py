@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ldm.config import Conditioning, DiffusionConfig, UNetConfig
-from ldm.diffusion.conditioning import DatasetInfo, MaskedLatent, build_conditioner, conditioned_forward
+from ldm.diffusion.conditioning import ConditionInputs, DatasetInfo, build_conditioner, conditioned_forward
 from ldm.diffusion.unet import UNet, timestep_embedding
 from ldm.errors import ConfigError
 
@@ -24,16 +24,16 @@ def randomise(module: torch.nn.Module, seed: int = 0) -> None:
             parameter.copy_(0.2 * torch.randn(parameter.shape, generator=generator))
 
 
-def batch_condition(conditioning: Conditioning, latent: torch.Tensor) -> object:
+def batch_inputs(conditioning: Conditioning) -> ConditionInputs:
     match conditioning:
         case "class":
-            return torch.tensor([0, 9])
+            return ConditionInputs(labels=torch.tensor([0, 9]))
         case "text":
-            return CAPTIONS[:BATCH]
+            return ConditionInputs(prompts=CAPTIONS[:BATCH])
         case "concat":
             mask = (torch.rand(BATCH, 1, IMAGE_SIZE, IMAGE_SIZE) > 0.5).float()
-            return MaskedLatent(latent=torch.randn_like(latent), mask=mask)
-    return None
+            return ConditionInputs(masked_images=torch.rand(BATCH, 3, IMAGE_SIZE, IMAGE_SIZE) * 2 - 1, masks=mask)
+    return ConditionInputs()
 
 
 @pytest.mark.parametrize("conditioning", ["none", "class", "text", "concat"])
@@ -44,11 +44,11 @@ def test_output_shape_for_every_conditioning_and_factor(conditioning: Conditioni
     cfg = DiffusionConfig(conditioning=conditioning, unet=TINY)
     info = DatasetInfo(num_classes=10, captions=CAPTIONS, latent_shape=(LATENT_CHANNELS, side, side))
     conditioner = build_conditioner(cfg, info)
-    extra = conditioner.extra_in_channels(LATENT_CHANNELS) if conditioner else 0
-    unet = UNet(cfg.unet, LATENT_CHANNELS + extra, LATENT_CHANNELS, conditioner.context_dim if conditioner else None)
+    extra = conditioner.extra_in_channels(LATENT_CHANNELS)
+    unet = UNet(cfg.unet, LATENT_CHANNELS + extra, LATENT_CHANNELS, conditioner.context_dim)
     randomise(unet)
     x = torch.randn(BATCH, LATENT_CHANNELS, side, side)
-    cond = conditioner(batch_condition(conditioning, x)) if conditioner else None
+    cond = conditioner.condition(batch_inputs(conditioning), lambda images: torch.randn_like(x))
     out = conditioned_forward(unet, x, torch.tensor([0, 999]), cond)
     assert out.shape == x.shape and torch.isfinite(out).all()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,9 +14,6 @@ from ldm.first_stage import AutoencoderLoss, build_first_stage
 from ldm.first_stage.discriminator import NLayerDiscriminator, hinge_discriminator_loss
 from ldm.first_stage.losses import MAX_ADAPTIVE_WEIGHT, adaptive_disc_weight
 
-
-def tiny(**fields: object) -> AutoencoderConfig:
-    return AutoencoderConfig(**{"f": 2, "latent_channels": 2, "base_channels": 8, "channel_mult": [1], **fields})
 
 
 def _toy_decoder_losses(target_offset: float, critic_gain: float) -> tuple[torch.Tensor, ...]:
@@ -44,7 +43,8 @@ def test_adaptive_weight_is_clamped() -> None:
 
 
 @pytest.mark.parametrize("recon_loss", ["l1", "l2"])
-def test_without_discriminator_the_loss_is_reconstruction_plus_regularizer(recon_loss: str) -> None:
+def test_without_discriminator_the_loss_is_reconstruction_plus_regularizer(recon_loss: str,
+        tiny: Callable[..., AutoencoderConfig]) -> None:
     torch.manual_seed(0)
     cfg = tiny(recon_loss=recon_loss, kl_weight=0.1)
     model, loss_fn = build_first_stage(cfg, 1), AutoencoderLoss(cfg, 1)
@@ -62,7 +62,7 @@ def test_without_discriminator_the_loss_is_reconstruction_plus_regularizer(recon
         loss_fn.discriminator_loss(x, out.reconstruction)
 
 
-def test_discriminator_switches_on_at_disc_start_with_adaptive_weight() -> None:
+def test_discriminator_switches_on_at_disc_start_with_adaptive_weight(tiny: Callable[..., AutoencoderConfig]) -> None:
     torch.manual_seed(0)
     cfg = tiny(disc_weight=0.5, disc_start=100)
     model, loss_fn = build_first_stage(cfg, 1), AutoencoderLoss(cfg, 1)
@@ -78,7 +78,7 @@ def test_discriminator_switches_on_at_disc_start_with_adaptive_weight() -> None:
     assert model.decoder_last_layer.grad is not None
 
 
-def test_validation_without_autograd_leaves_the_gan_term_out() -> None:
+def test_validation_without_autograd_leaves_the_gan_term_out(tiny: Callable[..., AutoencoderConfig]) -> None:
     torch.manual_seed(0)
     cfg = tiny(disc_weight=0.5, disc_start=0)
     model, loss_fn = build_first_stage(cfg, 1), AutoencoderLoss(cfg, 1)
@@ -95,7 +95,8 @@ def test_hinge_loss_closed_form() -> None:
     assert hinge_discriminator_loss(torch.tensor([2.0, 0.5]), torch.tensor([-2.0, 0.5])).item() == pytest.approx(0.5)
 
 
-def test_discriminator_loss_is_hinge_on_patch_logits_and_detaches_the_fake() -> None:
+def test_discriminator_loss_is_hinge_on_patch_logits_and_detaches_the_fake(
+        tiny: Callable[..., AutoencoderConfig]) -> None:
     torch.manual_seed(0)
     cfg = tiny(disc_weight=1.0, disc_start=0)
     loss_fn = AutoencoderLoss(cfg, 1).eval()  # eval: BatchNorm statistics fixed, so logits are repeatable

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -16,20 +17,9 @@ from skimage.transform import resize
 from ldm.config import AutoencoderConfig
 from ldm.errors import DataError
 from ldm.first_stage import build_first_stage, evaluate_rate_distortion
-from ldm.first_stage.metrics import (
-    bits_per_pixel,
-    kl_bits_per_pixel,
-    latent_size_ratio,
-    mse,
-    psnr,
-    ssim,
-    vq_bits_per_pixel,
-)
-from ldm.first_stage.regularizers import DiagonalGaussian
+from ldm.first_stage.metrics import mse, psnr, ssim
+from ldm.first_stage.regularizers import DiagonalGaussian, kl_bits_per_pixel, vq_bits_per_pixel
 
-
-def tiny(**fields: object) -> AutoencoderConfig:
-    return AutoencoderConfig(**{"f": 2, "latent_channels": 2, "base_channels": 8, "channel_mult": [1], **fields})
 
 
 def skimage_ssim(x: torch.Tensor, y: torch.Tensor) -> list[float]:
@@ -85,43 +75,46 @@ def test_psnr_matches_skimage_with_data_range_two() -> None:
     assert psnr(clean, degraded).tolist() == pytest.approx(expected, abs=1e-3)
 
 
-def test_bits_per_pixel_hand_computed() -> None:
-    assert vq_bits_per_pixel(32, 4, 512) == 64 * 9 / 1024
-    assert vq_bits_per_pixel(256, 8, 16384) == 32 * 32 * 14 / 256**2
+def test_bits_per_pixel_hand_computed(tiny: Callable[..., AutoencoderConfig]) -> None:
+    assert vq_bits_per_pixel(32, 8, 512) == 64 * 9 / 1024
+    assert vq_bits_per_pixel(256, 32, 16384) == 32 * 32 * 14 / 256**2
     assert kl_bits_per_pixel(1024 * math.log(2), 32) == pytest.approx(1.0)
-    assert bits_per_pixel(tiny(f=4, regularizer="vq", codebook_size=512), 32, 3, mean_kl_nats=0.0) == 0.5625
-    assert bits_per_pixel(tiny(f=1), 32, 3, mean_kl_nats=0.0) == 24.0
-    assert bits_per_pixel(tiny(f=1), 32, 1, mean_kl_nats=0.0) == 8.0
+    vq = build_first_stage(tiny(f=4, regularizer="vq", codebook_size=512), 3)
+    assert vq.bits_per_pixel(32, mean_kl_nats=0.0) == 0.5625
+    assert build_first_stage(tiny(f=1), 3).bits_per_pixel(32, mean_kl_nats=0.0) == 24.0
+    assert build_first_stage(tiny(f=1), 1).bits_per_pixel(32, mean_kl_nats=0.0) == 8.0
 
 
-def test_kl_rate_of_a_known_posterior() -> None:
+def test_kl_rate_of_a_known_posterior(tiny: Callable[..., AutoencoderConfig]) -> None:
     # c=4, 8x8 latent of a 32x32 image, mean 1 and unit variance: KL = 0.5 * 256 * 1 = 128 nats.
     posterior = DiagonalGaussian(torch.cat([torch.ones(2, 4, 8, 8), torch.zeros(2, 4, 8, 8)], dim=1))
     kl = posterior.kl().mean().item()
     assert kl == pytest.approx(128.0)
-    assert bits_per_pixel(tiny(f=4), 32, 3, mean_kl_nats=kl) == pytest.approx(128 / math.log(2) / 1024)
+    kl_stage = build_first_stage(tiny(f=4), 3)
+    assert kl_stage.bits_per_pixel(32, mean_kl_nats=kl) == pytest.approx(128 / math.log(2) / 1024)
 
 
-def test_latent_size_ratio() -> None:
-    assert latent_size_ratio(tiny(f=4, latent_channels=4), 32, 3) == pytest.approx(8 * 8 * 4 / (32 * 32 * 3))
-    assert latent_size_ratio(tiny(f=8, latent_channels=16), 64, 1) == pytest.approx(0.25)
-    assert latent_size_ratio(tiny(f=1, latent_channels=16), 64, 3) == 1.0
+def test_latent_size_ratio(tiny: Callable[..., AutoencoderConfig]) -> None:
+    ratio = build_first_stage(tiny(f=4, latent_channels=4), 3).latent_ratio(32)
+    assert ratio == pytest.approx(8 * 8 * 4 / (32 * 32 * 3))
+    assert build_first_stage(tiny(f=8, latent_channels=16), 1).latent_ratio(64) == pytest.approx(0.25)
+    assert build_first_stage(tiny(f=1, latent_channels=16), 3).latent_ratio(64) == 1.0
 
 
-def test_identity_first_stage_is_lossless_at_raw_rate() -> None:
+def test_identity_first_stage_is_lossless_at_raw_rate(tiny: Callable[..., AutoencoderConfig]) -> None:
     cfg = tiny(f=1)
-    rd = evaluate_rate_distortion(build_first_stage(cfg, 3), [torch.rand(2, 3, 16, 16) * 2 - 1], cfg, 3)
+    rd = evaluate_rate_distortion(build_first_stage(cfg, 3), [torch.rand(2, 3, 16, 16) * 2 - 1])
     assert (rd.psnr, rd.ssim, rd.mse, rd.bpp, rd.latent_ratio) == (100.0, pytest.approx(1.0), 0.0, 24.0, 1.0)
     assert rd.perplexity is None and rd.codebook_usage is None
     assert set(rd.as_metrics()) == {"psnr", "ssim", "mse", "bpp", "latent_ratio"}
 
 
-def test_kl_rate_distortion_averages_per_image_over_uneven_batches() -> None:
+def test_kl_rate_distortion_averages_per_image_over_uneven_batches(tiny: Callable[..., AutoencoderConfig]) -> None:
     torch.manual_seed(0)
     cfg = tiny(f=2, latent_channels=3)
     model = build_first_stage(cfg, 1)
     batches = [torch.rand(3, 1, 16, 16) * 2 - 1, torch.rand(1, 1, 16, 16) * 2 - 1]
-    rd = evaluate_rate_distortion(model, batches, cfg, 1)
+    rd = evaluate_rate_distortion(model, batches)
     assert model.training  # the mode is restored
     images = torch.cat(batches)
     with torch.no_grad():
@@ -137,13 +130,13 @@ def test_kl_rate_distortion_averages_per_image_over_uneven_batches() -> None:
     assert rd.perplexity is None
 
 
-def test_vq_rate_distortion_counts_codes_over_the_whole_split() -> None:
+def test_vq_rate_distortion_counts_codes_over_the_whole_split(tiny: Callable[..., AutoencoderConfig]) -> None:
     torch.manual_seed(0)
     cfg = tiny(f=4, regularizer="vq", codebook_size=16)
     model = build_first_stage(cfg, 1)
     codebook_before = model.regularizer.codebook.clone()
     batches = [torch.rand(2, 1, 16, 16) * 2 - 1, torch.rand(3, 1, 16, 16) * 2 - 1]
-    rd = evaluate_rate_distortion(model, batches, cfg, 1)
+    rd = evaluate_rate_distortion(model, batches)
     assert torch.equal(model.regularizer.codebook, codebook_before)  # eval: no EMA update
     with torch.no_grad():
         codes = model.eval().encode(torch.cat(batches)).indices.flatten().tolist()
@@ -154,7 +147,7 @@ def test_vq_rate_distortion_counts_codes_over_the_whole_split() -> None:
     assert rd.bpp == 16 * 4 / 256
 
 
-def test_rate_distortion_needs_images() -> None:
+def test_rate_distortion_needs_images(tiny: Callable[..., AutoencoderConfig]) -> None:
     cfg = tiny()
     with pytest.raises(DataError, match="no images"):
-        evaluate_rate_distortion(build_first_stage(cfg, 1), [], cfg, 1)
+        evaluate_rate_distortion(build_first_stage(cfg, 1), [])

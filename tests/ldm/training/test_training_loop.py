@@ -13,9 +13,9 @@ from torch.utils.data import Dataset
 
 from ldm.config import ExperimentConfig, StageTrainingConfig, load_config
 from ldm.errors import DataError
-from ldm.tracking import NullTracker
+from ldm.tracking import NullTracker, Tracker
 from ldm.training import DivergedError
-from ldm.training.loop import ResumableBatches, Stage, StepLosses, lr_at, train_stage
+from ldm.training.loop import ResumableBatches, Stage, StepLosses, TrainedStage, lr_at, train_stage
 
 CPU = torch.device("cpu")
 
@@ -83,11 +83,17 @@ def toy_config(**diffusion: Any) -> ExperimentConfig:
                                                  for k, v in settings.items()])
 
 
-def toy_stage(path: Path, train_size: int = 20) -> Stage:
+def toy_stage(path: Path, cfg: ExperimentConfig, train_size: int = 20) -> Stage:
     torch.manual_seed(0)
     model = nn.Linear(16, 1)
-    return Stage(name="diffusion", model=model, step=RegressionStep(model), train_data=Points(train_size),
-                 val_data=Points(16, seed=1), checkpoint=path, extras={"note": "toy"}, preview_key="toy")
+    return Stage(name="diffusion", settings=cfg.training.diffusion, metric_prefix="diffusion", val_metric="val_loss",
+                 model=model, step=RegressionStep(model), train_data=Points(train_size), val_data=Points(16, seed=1),
+                 checkpoint=path, extras={"note": "toy"}, preview_key="toy")
+
+
+def train_toy(path: Path, cfg: ExperimentConfig, tracker: Tracker = NullTracker(), train_size: int = 20,
+              **options: Any) -> TrainedStage:
+    return train_stage(toy_stage(path, cfg, train_size), cfg, CPU, tracker, **options)
 
 
 def test_lr_warms_up_linearly_then_stays_constant() -> None:
@@ -109,14 +115,14 @@ def test_batches_cover_each_epoch_once_and_resume_mid_stream() -> None:
 
 def test_resume_after_interruption_reaches_the_same_weights(tmp_path: Path) -> None:
     cfg = toy_config()
-    straight = toy_stage(tmp_path / "straight.pt")
+    straight = toy_stage(tmp_path / "straight.pt", cfg)
     straight_result = train_stage(straight, cfg, CPU, NullTracker())
 
-    interrupted = toy_stage(tmp_path / "resumed.pt")
+    interrupted = toy_stage(tmp_path / "resumed.pt", cfg)
     with pytest.raises(KeyboardInterrupt):  # stops at step 8; the last checkpoint is step 5
         train_stage(interrupted, cfg, CPU, RecordingTracker(stop_at=8))
     assert torch.load(tmp_path / "resumed.pt", weights_only=True)["step"] == 5
-    resumed = toy_stage(tmp_path / "resumed.pt")
+    resumed = toy_stage(tmp_path / "resumed.pt", cfg)
     resumed_result = train_stage(resumed, cfg, CPU, NullTracker(), resume=True)
 
     for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values(), strict=True):
@@ -130,16 +136,15 @@ def test_resume_after_interruption_reaches_the_same_weights(tmp_path: Path) -> N
 
 
 def test_resume_with_a_different_batch_size_is_refused(tmp_path: Path) -> None:
-    train_stage(toy_stage(tmp_path / "c.pt"), toy_config(steps=5), CPU, NullTracker())
+    train_toy(tmp_path / "c.pt", toy_config(steps=5))
     with pytest.raises(DataError, match="batches of 8, this run has 20 in batches of 4"):
-        train_stage(toy_stage(tmp_path / "c.pt"), toy_config(steps=10, batch_size=4), CPU, NullTracker(),
-                    resume=True)
+        train_toy(tmp_path / "c.pt", toy_config(steps=10, batch_size=4), resume=True)
 
 
 def test_metrics_images_and_eval_hook(tmp_path: Path) -> None:
     tracker, evals = RecordingTracker(), []
-    train_stage(toy_stage(tmp_path / "c.pt"), toy_config(), CPU, tracker,
-                on_eval=lambda name, value, step: evals.append((name, step, value)))
+    train_toy(tmp_path / "c.pt", toy_config(), tracker,
+              on_eval=lambda name, value, step: evals.append((name, step, value)))
     assert [s for s, _ in tracker.metrics] == [2, 4, 6, 8, 10, 12]
     _, metrics = tracker.metrics[0]
     assert set(metrics) == {"diffusion/loss", "diffusion/lr", "diffusion/images_per_s", "diffusion/weight_norm",
@@ -153,13 +158,13 @@ def test_metrics_images_and_eval_hook(tmp_path: Path) -> None:
 
 def test_non_finite_loss_raises_diverged_error(tmp_path: Path) -> None:
     with pytest.raises(DivergedError, match=r"training diverged at step \d+: the loss is (inf|NaN)") as info:
-        train_stage(toy_stage(tmp_path / "c.pt"), toy_config(lr=1e30, warmup_steps=0), CPU, NullTracker())
+        train_toy(tmp_path / "c.pt", toy_config(lr=1e30, warmup_steps=0))
     assert 1 < info.value.step <= 12
 
 
 def test_train_split_smaller_than_a_batch_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"train split has 5 images, fewer than training.diffusion.batch_size=8"):
-        train_stage(toy_stage(tmp_path / "c.pt", train_size=5), toy_config(), CPU, NullTracker())
+        train_toy(tmp_path / "c.pt", toy_config(), train_size=5)
 
 
 class GameStep:
@@ -186,10 +191,12 @@ def test_each_parameter_group_steps_on_its_own_loss(tmp_path: Path) -> None:
     model = nn.Module()
     model.a = nn.Parameter(torch.tensor([2.0]))
     model.b = nn.Parameter(torch.tensor([3.0]))
-    stage = Stage(name="diffusion", model=model, step=GameStep(model), train_data=Points(8), val_data=Points(8),
+    cfg = toy_config(steps=1, ema_decay=None, grad_clip=None)
+    stage = Stage(name="diffusion", settings=cfg.training.diffusion, metric_prefix="diffusion", val_metric="val_loss",
+                  model=model, step=GameStep(model), train_data=Points(8), val_data=Points(8),
                   checkpoint=tmp_path / "c.pt", extras={}, preview_key="game")
     tracker = RecordingTracker()
-    train_stage(stage, toy_config(steps=1, ema_decay=None, grad_clip=None), CPU, tracker)
+    train_stage(stage, cfg, CPU, tracker)
     # d(a*b)/da = b = 3 for the generator; d(-a*b)/db = -a = -2 for the discriminator (not -2 + 2).
     assert model.a.grad.tolist() == [3.0] and model.b.grad.tolist() == [-2.0]
     assert tracker.metrics[0][1]["diffusion/loss"] == 6.0 and tracker.metrics[0][1]["diffusion/d_loss"] == -6.0

@@ -13,6 +13,7 @@ from PIL import Image
 
 from ldm.config import ExperimentConfig, load_config
 from ldm.data.registry import build_dataset
+from ldm.diffusion.conditioning import ConditionInputs
 from ldm.errors import UserError
 from ldm.first_stage.autoencoder import IdentityFirstStage
 from ldm.tracking import NullTracker
@@ -197,60 +198,64 @@ def test_diverging_diffusion_raises(tmp_path: Path, trained: dict[str, Any]) -> 
 # ------------------------------------------------------------------ pipeline
 
 
-def inpainting_inputs(workdir: Path, n: int) -> dict[str, torch.Tensor]:
+def inpainting_inputs(workdir: Path, n: int) -> ConditionInputs:
     val = build_dataset(tiny().data, "val", workdir)
-    return {"masked_images": torch.stack([val[i]["image"] for i in range(n)]),
-            "masks": torch.stack([val[i]["mask"] for i in range(n)])}
+    return ConditionInputs(masked_images=torch.stack([val[i]["image"] for i in range(n)]),
+                           masks=torch.stack([val[i]["mask"] for i in range(n)]))
 
 
 @pytest.mark.parametrize("conditioning", ["none", "class", "text", "concat"])
 def test_generate_gives_uint8_images_fixed_by_the_seed(trained: dict[str, Any], conditioning: str) -> None:
     pipeline = LatentDiffusionPipeline.from_checkpoint(trained[conditioning])
-    given = inpainting_inputs(trained["workdir"], 3) if conditioning == "concat" else {}
+    given = inpainting_inputs(trained["workdir"], 3) if conditioning == "concat" else ConditionInputs()
 
     def draw(seed: int) -> torch.Tensor:
-        return pipeline.generate(3, generator=torch.Generator().manual_seed(seed), batch_size=2, **given)
+        return pipeline.generate(3, conditions=given, generator=torch.Generator().manual_seed(seed), batch_size=2)
 
     images = draw(0)
     assert images.dtype == torch.uint8 and images.shape == (3, 1, 16, 16)
     assert torch.equal(images, draw(0)) and not torch.equal(images, draw(1))
-    floats = pipeline.to_float(3, generator=torch.Generator().manual_seed(0), batch_size=2, **given)
+    floats = pipeline.to_float(3, conditions=given, generator=torch.Generator().manual_seed(0), batch_size=2)
     assert floats.dtype == torch.float32 and floats.min() >= -1 and floats.max() <= 1
     assert torch.equal(((floats + 1) * 127.5).round().to(torch.uint8), images)
 
 
 def test_given_conditions_are_used(trained: dict[str, Any]) -> None:
     classes = LatentDiffusionPipeline.from_checkpoint(trained["class"])
-    zeros = classes.to_float(2, labels=torch.tensor([0, 0]), generator=torch.Generator().manual_seed(0))
-    fours = classes.to_float(2, labels=torch.tensor([4, 4]), generator=torch.Generator().manual_seed(0))
+    zeros = classes.to_float(2, conditions=ConditionInputs(labels=torch.tensor([0, 0])),
+                             generator=torch.Generator().manual_seed(0))
+    fours = classes.to_float(2, conditions=ConditionInputs(labels=torch.tensor([4, 4])),
+                             generator=torch.Generator().manual_seed(0))
     assert zeros.shape == fours.shape == (2, 1, 16, 16) and not torch.equal(zeros, fours)
     texts = LatentDiffusionPipeline.from_checkpoint(trained["text"])
-    assert texts.generate(2, prompts=["a small red circle in the center"] * 2).shape == (2, 1, 16, 16)
+    prompts = ConditionInputs(prompts=["a small red circle in the center"] * 2)
+    assert texts.generate(2, conditions=prompts).shape == (2, 1, 16, 16)
 
 
 def test_missing_conditions_are_drawn_from_the_data(trained: dict[str, Any]) -> None:
     pipeline = LatentDiffusionPipeline.from_checkpoint(trained["class"])
     counts = torch.tensor(pipeline.dataset.label_counts)
-    labels, prompts = pipeline.complete_conditions(500, None, None, None, None, torch.Generator().manual_seed(0))
-    assert prompts is None and labels is not None and labels.shape == (500,)
+    drawn_inputs = pipeline.complete_conditions(500, ConditionInputs(), torch.Generator().manual_seed(0))
+    labels = drawn_inputs.labels
+    assert drawn_inputs.prompts is None and labels is not None and labels.shape == (500,)
     drawn = torch.bincount(labels, minlength=len(counts)).double() / 500
     torch.testing.assert_close(drawn, counts.double() / counts.sum(), atol=0.07, rtol=0)
     texts = LatentDiffusionPipeline.from_checkpoint(trained["text"])
-    _, prompts = texts.complete_conditions(5, None, None, None, None, torch.Generator().manual_seed(0))
+    prompts = texts.complete_conditions(5, ConditionInputs(), torch.Generator().manual_seed(0)).prompts
     assert prompts is not None and set(prompts) <= set(texts.dataset.captions)
 
 
 def test_wrong_conditions_are_user_errors(trained: dict[str, Any]) -> None:
     unconditional = LatentDiffusionPipeline.from_checkpoint(trained["none"])
     with pytest.raises(UserError, match=r"conditioning='none': labels cannot be given; allowed: no condition"):
-        unconditional.generate(2, labels=torch.tensor([0, 1]))
+        unconditional.generate(2, conditions=ConditionInputs(labels=torch.tensor([0, 1])))
     classes = LatentDiffusionPipeline.from_checkpoint(trained["class"])
     with pytest.raises(UserError, match=r"label 5 is out of range; allowed: 0..4"):
-        classes.generate(2, labels=torch.tensor([0, 5]))
+        classes.generate(2, conditions=ConditionInputs(labels=torch.tensor([0, 5])))
     with pytest.raises(UserError, match=r"conditioning='class': prompts cannot be given; allowed: labels"):
-        classes.generate(1, prompts=["a circle"])
+        classes.generate(1, conditions=ConditionInputs(prompts=["a circle"]))
     with pytest.raises(UserError, match=r"3 labels for n=2 images"):
-        classes.generate(2, labels=torch.tensor([0, 1, 2]))
+        classes.generate(2, conditions=ConditionInputs(labels=torch.tensor([0, 1, 2])))
     inpainting = LatentDiffusionPipeline.from_checkpoint(trained["concat"])
     with pytest.raises(UserError, match=r"needs masked_images and masks"):
         inpainting.generate(2)
