@@ -5,10 +5,16 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from ldm.errors import UserError
+
+# How torch's weights-only unpickler names the first class or function it refused.
+UNSAFE_GLOBAL = re.compile(r"GLOBAL (?P<name>\S+) was not an allowed global")
 
 
 @contextlib.contextmanager
@@ -47,10 +53,29 @@ def atomic_torch_save(obj: object, path: Path) -> None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a checkpoint safely (tensors and plain containers only)."""
+    """Load a checkpoint safely (tensors and plain containers only); a file that cannot be is a UserError saying why."""
+    import pickle
+
     import torch
 
-    return torch.load(Path(path), map_location="cpu", weights_only=True)
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise UserError(f"checkpoint '{path}' cannot be read: the file is empty (0 bytes), e.g. a copy that did not "
+                        "finish; write or copy it again")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        unsafe = UNSAFE_GLOBAL.search(str(e))
+        if unsafe is None:
+            raise UserError(f"checkpoint '{path}' cannot be read: it is not a PyTorch checkpoint (not a pickle of "
+                            "tensors)") from None
+        # torch's own message advises weights_only=False, which would run whatever code the file holds.
+        raise UserError(f"checkpoint '{path}' holds objects other than tensors and plain containers "
+                        f"({unsafe['name']}), so it will not be loaded; allowed: checkpoints of tensors only, such as "
+                        "`ldm train` writes") from None
+    except Exception as e:  # torch raises several unrelated types for a file that is not a checkpoint
+        raise UserError(f"checkpoint '{path}' cannot be read: it is not a PyTorch checkpoint "
+                        f"({type(e).__name__}: {e})") from None
 
 
 def sha256_of(path: Path) -> str:

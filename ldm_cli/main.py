@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 from typer.core import TyperGroup
+from typer.exceptions import TyperException
 
 from evaluation import cli as eval_cli
 from ldm.commands import config as config_cmd
@@ -16,11 +17,21 @@ from ldm.commands import train as train_cmd
 from ldm.errors import UserError
 from ldm.paths import WORKDIR_ENV
 from reports import cli as reports_cli
+from ldm_cli.usage_errors import one_line
 from sweeps import cli as sweep_cli
+
+# click's status for a usage error, kept so scripts can tell a bad command line from a failed run.
+USAGE_EXIT = 2
+ARGS_KEY = "ldm.args"
 
 
 class _FriendlyErrors(TyperGroup):
-    """A `UserError` anywhere below becomes `Error: <message>` on stderr and exit code 1, no traceback."""
+    """A `UserError` anywhere below becomes `Error: <message>` on stderr and exit code 1, no traceback; a bad
+    option or argument becomes the same one line with exit code 2."""
+
+    def parse_args(self, ctx, args):  # type: ignore[no-untyped-def]
+        ctx.meta[ARGS_KEY] = list(args)  # the whole command line, to quote a bad value back
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx):  # type: ignore[no-untyped-def]
         try:
@@ -28,6 +39,11 @@ class _FriendlyErrors(TyperGroup):
         except UserError as e:
             typer.echo(f"Error: {e}", err=True)
             raise typer.Exit(code=1) from None
+        except TyperException as e:
+            if not hasattr(e, "format_message"):
+                raise
+            typer.echo(f"Error: {one_line(e, ctx.meta.get(ARGS_KEY, []))}", err=True)
+            raise typer.Exit(code=USAGE_EXIT) from None
 
 
 app = typer.Typer(

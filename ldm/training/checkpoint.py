@@ -61,10 +61,7 @@ def read_checkpoint(path: Path) -> Checkpoint:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint '{path}' does not exist")
-    try:
-        ckpt = load_checkpoint(path)
-    except Exception as e:  # torch raises several unrelated types for a file that is not a checkpoint
-        raise UserError(f"checkpoint '{path}' cannot be read: {e}") from None
+    ckpt = load_checkpoint(path)
     if not isinstance(ckpt, dict) or not {"model", "config", "extras"} <= ckpt.keys():
         raise UserError(f"'{path}' is not a checkpoint written by `ldm train`")
     return ckpt

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import io
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from evaluation.extractors.inception import (
     STANDARD_NAME,
     STANDARD_WEIGHTS_FILE,
     TORCHSCRIPT_NAME,
     TORCHSCRIPT_SHA256,
+    VERIFIED_STANDARD_NAME,
     TorchScriptInception,
+    VerifiedInceptionV3,
     resolve_inception,
     sha256_of,
     torchscript_weights_path,
@@ -40,12 +45,12 @@ def test_standard_weights_in_the_hub_cache_are_preferred(empty_torch_home: Path)
     weights.parent.mkdir(parents=True)
     torch.save({"fc.weight": torch.zeros(2, 2)}, weights)
     extractor = resolve_inception()
-    assert extractor.fidelity_name == STANDARD_NAME and extractor.isc_unavailable is None
+    assert extractor.fidelity_name == VERIFIED_STANDARD_NAME and extractor.isc_unavailable is None
     assert extractor.weights_path == weights
     sha = sha256_of(weights)
     assert extractor.weights == f"torch-fidelity:{STANDARD_NAME} {STANDARD_WEIGHTS_FILE} sha256:{sha[:12]}"
-    assert extractor.fidelity_kwargs() == {"feature_extractor": STANDARD_NAME,
-                                           "feature_extractor_weights_path": str(weights)}
+    assert extractor.fidelity_kwargs() == {"feature_extractor": VERIFIED_STANDARD_NAME,
+                                           "feature_extractor_weights_path": str(weights), "ldm_weights_sha256": sha}
 
 
 def test_explicit_weights_must_exist_and_be_plain_tensors(empty_torch_home: Path, tmp_path: Path) -> None:
@@ -54,8 +59,54 @@ def test_explicit_weights_must_exist_and_be_plain_tensors(empty_torch_home: Path
         resolve_inception(missing)
     pickled_object = tmp_path / "object.pth"
     torch.save({"weights": Path("not a tensor")}, pickled_object)
-    with pytest.raises(DataError, match="is not a plain state dict"):
+    with pytest.raises(DataError, match="is not a plain state dict of Inception weights: it holds objects other "
+                                        "than tensors and will not be loaded"):
         resolve_inception(pickled_object)
+
+
+@pytest.fixture(scope="module")
+def random_inception_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A full inception-v3-compat state dict with random values (the real file cannot be downloaded here)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch, "load", lambda *args, **kwargs: {})
+        patch.setattr(FeatureExtractorInceptionV3, "load_state_dict", lambda self, state: None)
+        model = FeatureExtractorInceptionV3(STANDARD_NAME, ["2048"], feature_extractor_weights_path="unused")
+    path = tmp_path_factory.mktemp("inception") / STANDARD_WEIGHTS_FILE
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def test_standard_weights_are_loaded_from_the_checked_bytes_never_from_the_file_again(
+        random_inception_weights: Path, empty_torch_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    extractor = resolve_inception(random_inception_weights)
+    kwargs = extractor.fidelity_kwargs()
+    loads: list[tuple[object, object]] = []
+    real_load = torch.load
+
+    def recording_load(source: object, *args: object, **options: object) -> object:
+        loads.append((source, options.get("weights_only")))
+        return real_load(source, *args, **options)
+
+    monkeypatch.setattr(torch, "load", recording_load)
+    model = FEATURE_EXTRACTORS_REGISTRY[kwargs["feature_extractor"]](
+        VERIFIED_STANDARD_NAME, ["2048"], feature_extractor_weights_path=kwargs["feature_extractor_weights_path"],
+        ldm_weights_sha256=kwargs["ldm_weights_sha256"])
+    assert [flag for _, flag in loads] == [True, False]  # checked as plain tensors, then torch-fidelity's load
+    assert all(isinstance(source, io.BytesIO) for source, _ in loads)  # both from the bytes read once
+    expected = real_load(random_inception_weights, weights_only=True)["fc.weight"]
+    assert torch.equal(model.fc.weight, expected)
+
+
+def test_standard_weights_changed_after_they_were_chosen_are_refused(
+        random_inception_weights: Path, empty_torch_home: Path, tmp_path: Path) -> None:
+    chosen = tmp_path / STANDARD_WEIGHTS_FILE
+    shutil.copyfile(random_inception_weights, chosen)
+    kwargs = resolve_inception(chosen).fidelity_kwargs()
+    torch.save({"fc.weight": torch.zeros(2, 2)}, chosen)  # swapped for another plain file
+    with pytest.raises(DataError, match="has sha256 [0-9a-f]{64}, expected [0-9a-f]{64}; refusing to load it "
+                                        r"\(it changed since it was chosen\)"):
+        VerifiedInceptionV3(VERIFIED_STANDARD_NAME, ["2048"], feature_extractor_weights_path=str(chosen),
+                            ldm_weights_sha256=kwargs["ldm_weights_sha256"])
 
 
 def test_tampered_torchscript_file_is_refused_before_loading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -75,3 +75,27 @@ def test_missing_and_foreign_files_are_user_errors(tmp_path: Path) -> None:
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
     with pytest.raises(UserError, match=r"'.*other.pt' is not a checkpoint written by `ldm train`"):
         read_checkpoint(tmp_path / "other.pt")
+
+
+class NotATensor:
+    """Any class: unpickling it would run code, so a weights-only load refuses it."""
+
+
+def test_empty_and_unsafe_files_say_why_they_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "empty.pt").touch()
+    with pytest.raises(UserError, match=r"checkpoint '.*empty.pt' cannot be read: the file is empty \(0 bytes\)"):
+        read_checkpoint(tmp_path / "empty.pt")
+    torch.save({"model": NotATensor()}, tmp_path / "unsafe.pt")
+    with pytest.raises(UserError) as refused:
+        read_checkpoint(tmp_path / "unsafe.pt")
+    message = str(refused.value)
+    assert message == (f"checkpoint '{tmp_path / 'unsafe.pt'}' holds objects other than tensors and plain "
+                       f"containers ({__name__}.NotATensor), so it will not be loaded; allowed: checkpoints of "
+                       "tensors only, such as `ldm train` writes")
+    assert "weights_only" not in message and "\n" not in message
+    (tmp_path / "text.pt").write_text("not a checkpoint")
+    with pytest.raises(UserError, match=r"text.pt' cannot be read: it is not a PyTorch checkpoint \(not a pickle"):
+        read_checkpoint(tmp_path / "text.pt")
+    (tmp_path / "bytes.pt").write_bytes(b"hello world")
+    with pytest.raises(UserError, match=r"bytes.pt' cannot be read: it is not a PyTorch checkpoint \(KeyError: .+\)"):
+        read_checkpoint(tmp_path / "bytes.pt")
