@@ -30,8 +30,8 @@ from ldm.config import ExperimentConfig
 from ldm.errors import UserError
 from ldm.paths import cache_dir, data_dir, resolve_workdir
 from ldm.tracking import NullTracker, Tracker
+from ldm.tracking.runs import resolve_tracking_uri
 from sweeps.objective import Reporter, run_trial
-from sweeps.runs import resolve_tracking_uri
 from sweeps.spec import SweepSpec, TrialPoint, load_spec, parse_spec
 from sweeps.workers import run_sweep
 

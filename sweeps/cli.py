@@ -116,7 +116,8 @@ def ui(
     tracking_uri: TrackingOption = None,
 ) -> None:
     """Start the MLflow UI on the sweep runs, and print the optuna-dashboard command of each study."""
-    from sweeps.runs import mlflow_ui_command, resolve_tracking_uri
+    from ldm.tracking.runs import resolve_tracking_uri
+    from sweeps.runs import mlflow_ui_command
     from sweeps.study import JOURNAL_NAME, sweeps_root
 
     workdir = resolve_workdir()
