@@ -28,12 +28,14 @@ TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 
 
 def resolve_tracking_uri(workdir: Path, explicit: str | None = None) -> str:
-    """`explicit`, else the embedded SQLite store under the work folder; a SQLite store's folder is created."""
-    uri = explicit or default_tracking_uri(workdir)
-    if uri.startswith(SQLITE_PREFIX):
-        # SQLite creates the database file but not its folder.
-        Path(uri.removeprefix(SQLITE_PREFIX)).parent.mkdir(parents=True, exist_ok=True)
-    return uri
+    """`explicit`, else the embedded SQLite store under the work folder."""
+    return explicit or default_tracking_uri(workdir)
+
+
+def create_store_folder(tracking_uri: str) -> None:
+    """Make the folder of a SQLite store, which SQLite does not create itself; other stores need nothing."""
+    if tracking_uri.startswith(SQLITE_PREFIX):
+        Path(tracking_uri.removeprefix(SQLITE_PREFIX)).parent.mkdir(parents=True, exist_ok=True)
 
 
 def artifact_root(tracking_uri: str, workdir: Path) -> Path | None:
@@ -46,6 +48,7 @@ def experiment_id(tracking_uri: str, name: str, workdir: Path) -> str:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    create_store_folder(tracking_uri)
     try:
         client = MlflowClient(tracking_uri=tracking_uri)
         experiment = client.get_experiment_by_name(name)

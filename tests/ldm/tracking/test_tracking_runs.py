@@ -18,6 +18,7 @@ from ldm.tracking.runs import (
     RUN_ID_ENV,
     TRACKING_URI_ENV,
     active_run_tracker,
+    create_store_folder,
     describe_run,
     experiment_id,
     resolve_tracking_uri,
@@ -32,8 +33,10 @@ REPO = Path(__file__).resolve().parents[3]
 def template_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An empty SQLite store, made once: creating one runs MLflow's migrations (seconds)."""
     root = tmp_path_factory.mktemp("store-template")
-    MlflowClient(tracking_uri=resolve_tracking_uri(root)).search_experiments()
-    return Path(default_tracking_uri(root).removeprefix("sqlite:///"))
+    uri = resolve_tracking_uri(root)
+    create_store_folder(uri)
+    MlflowClient(tracking_uri=uri).search_experiments()
+    return Path(uri.removeprefix("sqlite:///"))
 
 
 @pytest.fixture
@@ -51,18 +54,20 @@ def tiny_config(**tracking: str) -> ExperimentConfig:
 
 def test_explicit_uri_wins_over_the_embedded_store(tmp_path: Path) -> None:
     assert resolve_tracking_uri(tmp_path, "http://mlflow:5000") == "http://mlflow:5000"
-    assert not (tmp_path / "mlflow").exists()  # a server URI creates nothing locally
 
 
-def test_embedded_store_is_the_default_and_its_folder_is_created(tmp_path: Path) -> None:
+def test_embedded_store_is_the_default_and_resolving_creates_nothing(tmp_path: Path) -> None:
     assert resolve_tracking_uri(tmp_path) == f"sqlite:///{tmp_path}/mlflow/mlflow.db"
-    assert (tmp_path / "mlflow").is_dir()
+    assert resolve_tracking_uri(tmp_path, None) == resolve_tracking_uri(tmp_path, "")
+    assert not (tmp_path / "mlflow").exists()  # `ldm report` reads; only writers create the store
 
 
-def test_an_explicit_sqlite_store_gets_its_folder(tmp_path: Path) -> None:
+def test_writers_get_the_sqlite_store_folder_made(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path}/elsewhere/runs.db"
-    assert resolve_tracking_uri(tmp_path, uri) == uri
-    assert (tmp_path / "elsewhere").is_dir()
+    experiment_id(uri, "first", tmp_path)
+    assert (tmp_path / "elsewhere" / "runs.db").is_file()
+    create_store_folder("http://mlflow:5000")  # a server: nothing to make here
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere"]
 
 
 def test_active_run_reads_the_run_and_store_mlflow_exported(workdir: Path, tmp_path_factory, template_store,

@@ -178,9 +178,11 @@ def test_tracked_training_logs_one_mlflow_run(tmp_path: Path) -> None:
 def test_training_into_a_deleted_experiment_is_a_one_line_error(tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
-    from ldm.tracking.runs import resolve_tracking_uri
+    from ldm.tracking.runs import create_store_folder, resolve_tracking_uri
 
-    client = MlflowClient(tracking_uri=resolve_tracking_uri(tmp_path))
+    uri = resolve_tracking_uri(tmp_path)
+    create_store_folder(uri)
+    client = MlflowClient(tracking_uri=uri)
     client.delete_experiment(client.create_experiment("binned"))
     result = ldm(tmp_path, "train", "--stage", "autoencoder", *overrides("tracking.experiment=binned"))
     assert result.exit_code == 1
