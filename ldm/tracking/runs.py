@@ -19,6 +19,7 @@ from ldm.tracking.tracker import MlflowTracker, NullTracker, Tracker, flatten
 from ldm.training.device import resolve_device
 
 # MLflow is imported inside the functions that open a store: untracked training and evaluation never load it.
+
 SQLITE_PREFIX = "sqlite:///"
 # Tracking URIs of a server, which places artifacts itself.
 SERVER_SCHEMES = ("http://", "https://", "databricks")
