@@ -30,8 +30,8 @@ from ldm.config import ExperimentConfig
 from ldm.errors import UserError
 from ldm.paths import cache_dir, data_dir, resolve_workdir
 from ldm.tracking import NullTracker, Tracker
+from ldm.tracking.runs import create_store_folder, resolve_tracking_uri
 from sweeps.objective import Reporter, run_trial
-from sweeps.runs import resolve_tracking_uri
 from sweeps.spec import SweepSpec, TrialPoint, load_spec, parse_spec
 from sweeps.workers import run_sweep
 
@@ -60,6 +60,7 @@ def fresh_workdir(root: Path, name: str, shared: Path) -> Path:
 
 def open_store_seconds(tracking_uri: str) -> float:
     """Seconds to open the MLflow store at `tracking_uri` in a new process (creating it when it does not exist)."""
+    create_store_folder(tracking_uri)
     out = subprocess.run([sys.executable, "-c", OPEN_STORE, tracking_uri], capture_output=True, text=True,
                          check=True)
     return float(out.stdout.strip().splitlines()[-1])

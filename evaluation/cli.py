@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -40,8 +39,8 @@ def eval_command(
     """
     from evaluation.experiment import evaluate_experiment
     from evaluation.report_card import format_metrics_table
-    from ldm.paths import default_tracking_uri, resolve_workdir
-    from ldm.tracking import MlflowTracker, NullTracker
+    from ldm.paths import resolve_workdir
+    from ldm.tracking.runs import active_run_tracker
 
     if not checkpoint.is_file():
         raise UserError(f"checkpoint '{checkpoint}' does not exist; give a diffusion.pt written by `ldm train`")
@@ -54,10 +53,7 @@ def eval_command(
         "evaluation.inception_weights": inception_weights,
     }.items() if value is not None]
     workdir = resolve_workdir()
-    run_id = os.environ.get("MLFLOW_RUN_ID")
-    tracker = (MlflowTracker(run_id, os.environ.get("MLFLOW_TRACKING_URI", default_tracking_uri(workdir)))
-               if run_id else NullTracker())
     path = out or checkpoint.parent / "metrics.json"
-    report = evaluate_experiment(None, checkpoint, workdir, tracker, overrides=overrides, out=path)
+    report = evaluate_experiment(None, checkpoint, workdir, active_run_tracker(workdir), overrides=overrides, out=path)
     typer.echo(format_metrics_table(report))
     typer.echo(f"wrote {path}")

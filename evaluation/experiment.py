@@ -18,7 +18,7 @@ from evaluation.report_card import META_KEY, MetricsReport, metric_values, write
 from ldm.config import EvaluationConfig, ExperimentConfig, SamplingConfig, build_config
 from ldm.data.registry import build_dataset
 from ldm.diffusion.conditioning import ConditionInputs, EvaluationConditions
-from ldm.tracking import NullTracker, Tracker
+from ldm.tracking import NullTracker, Tag, Tracker
 from ldm.training.device import resolve_device
 from ldm.training.pipeline import LatentDiffusionPipeline
 
@@ -136,7 +136,7 @@ def evaluate_experiment(cfg: ExperimentConfig | None, checkpoint: Path, workdir:
     write_metrics_json(report, path)
     values = {k: v for k, v in metric_values(report).items() if v is not None}
     tracker.log_metrics(values, step=cfg.training.diffusion.steps)
-    tracker.set_tags({"ldm.num_samples": str(meta["num_samples"]),
-                      "ldm.extractor_weights": "; ".join(f"{k}: {v}" for k, v in meta["extractor_weights"].items())})
+    tracker.set_tags({Tag.NUM_SAMPLES: str(meta["num_samples"]),
+                      Tag.EXTRACTOR_WEIGHTS: "; ".join(f"{k}: {v}" for k, v in meta["extractor_weights"].items())})
     tracker.log_artifact(path)
     return report

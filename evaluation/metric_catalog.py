@@ -1,4 +1,7 @@
-"""Every final metric the suite logs, with its direction, so sweeps and reports agree on names."""
+"""Every final metric the suite logs, with its direction, so sweeps and reports agree on names.
+
+Tag names have their own catalog, `ldm.tracking.Tag` (`ldm/tracking/tags.py`).
+"""
 
 from __future__ import annotations
 

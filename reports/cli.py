@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ldm.paths import default_tracking_uri, resolve_workdir
+from ldm.paths import resolve_workdir
 
 
 def report(
@@ -19,6 +19,7 @@ def report(
     ] = None,
 ) -> None:
     """Paper-style tables, figures and an index (Markdown and HTML) from a study's MLflow runs."""
+    from ldm.tracking.runs import resolve_tracking_uri
     from reports.build import build_report, parse_formats
 
     workdir = resolve_workdir()
@@ -26,7 +27,7 @@ def report(
         study,
         out or workdir / "reports" / study,
         parse_formats(format),
-        tracking_uri=tracking_uri or default_tracking_uri(workdir),
+        tracking_uri=resolve_tracking_uri(workdir, tracking_uri),
     )
     typer.echo(f"Report index: {summary.index}")
     if summary.html_index is not None:

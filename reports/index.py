@@ -13,11 +13,10 @@ from pathlib import Path
 import pandas as pd
 
 from evaluation.metric_catalog import CATALOG
+from ldm.tracking import Tag
 from reports import tables as tbl
 from reports.figures import FigureFiles, FigureResult, SkippedFigure
 from reports.runs import (
-    FAIL_REASON_TAG,
-    TRIAL_NUMBER_TAG,
     StudyRuns,
     TrialState,
     catalog_base,
@@ -109,8 +108,8 @@ def _overview(study: StudyRuns, generated: datetime) -> Section:
     return Section("Overview", (Bullets((
         f"Study: {study.name} (parent run {study.parent['run_id']}, status {study.parent['status']})",
         f"Report generated: {generated:%Y-%m-%d %H:%M} UTC; study started: {started:%Y-%m-%d %H:%M} UTC",
-        f"Code commit: {_joined(study.tag_values('ldm.git_commit'))}",
-        f"Hardware: {_joined(study.tag_values('ldm.device'))}; torch {_joined(study.tag_values('ldm.torch_version'))}",
+        f"Code commit: {_joined(study.tag_values(Tag.GIT_COMMIT))}",
+        f"Hardware: {_joined(study.tag_values(Tag.DEVICE))}; torch {_joined(study.tag_values(Tag.TORCH_VERSION))}",
         f"{', '.join(f'{n} {state}' for state, n in counts.items())} trials; "
         "only finished trials enter tables and figures",
         f"Swept factors: {'; '.join(factors) or 'none (one configuration)'}",
@@ -131,7 +130,7 @@ def _distinct(values: pd.Series) -> str:
 
 def _sample_counts(study: StudyRuns) -> Section:
     finished = study.finished
-    samples_tag = column_or_missing(finished, tag_column(tbl.NUM_SAMPLES_TAG))
+    samples_tag = column_or_missing(finished, tag_column(Tag.NUM_SAMPLES))
     rows = []
     for name in study.metric_names():
         base = catalog_base(name)
@@ -143,8 +142,8 @@ def _sample_counts(study: StudyRuns) -> Section:
     def params(name: str) -> str:
         return _distinct(column_or_missing(finished, param_column(name)))
 
-    notes = (f"Generated samples per run behind each final metric (tag {tbl.NUM_SAMPLES_TAG}); feature extractor: "
-             f"{_joined(study.tag_values(tbl.EXTRACTOR_WEIGHTS_TAG))}; reference split: "
+    notes = (f"Generated samples per run behind each final metric (tag {Tag.NUM_SAMPLES}); feature extractor: "
+             f"{_joined(study.tag_values(Tag.EXTRACTOR_WEIGHTS))}; reference split: "
              f"{params('evaluation.reference_split')}; intermediate FID curves use "
              f"{params('evaluation.fid_every_samples')} samples per point.")
     return Section("Sample counts", (Paragraph(notes),
@@ -158,8 +157,8 @@ def _text(trial: pd.Series, column: str, missing: str) -> str:
 
 def _trial_row(study: StudyRuns, trial: pd.Series, state: TrialState) -> tuple[str, ...]:
     config = configuration_label({f: trial[param_column(f)] for f in study.factors})
-    return (_text(trial, tag_column(TRIAL_NUMBER_TAG), "?"), state, config,
-            _text(trial, param_column(SEED_PARAM), "?"), _text(trial, tag_column(FAIL_REASON_TAG), "not recorded"))
+    return (_text(trial, tag_column(Tag.TRIAL_NUMBER), "?"), state, config,
+            _text(trial, param_column(SEED_PARAM), "?"), _text(trial, tag_column(Tag.FAIL_REASON), "not recorded"))
 
 
 def _trials(study: StudyRuns) -> Section:

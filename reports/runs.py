@@ -19,11 +19,8 @@ from mlflow.tracking import MlflowClient
 from evaluation.metric_catalog import CATALOG
 from ldm.config import ExperimentConfig
 from ldm.errors import UserError
-from ldm.tracking import flatten
+from ldm.tracking import Role, Tag, flatten
 
-ROLE_TAG = "ldm.role"
-TRIAL_NUMBER_TAG = "ldm.trial_number"
-FAIL_REASON_TAG = "ldm.fail_reason"
 MISSING_VALUE = "n/a"
 
 TrialState = Literal["finished", "failed", "pruned", "running"]
@@ -216,12 +213,13 @@ def load_study(study: str, tracking_uri: str) -> StudyRuns:
         raise UserError(f"unknown study '{study}' in {tracking_uri}; studies there: {', '.join(names) or 'none'}")
     with _global_tracking_uri(tracking_uri):
         runs = mlflow.search_runs(experiment_ids=[experiment.experiment_id])
-    roles = column_or_missing(runs, tag_column(ROLE_TAG))
-    parents = runs[roles == "study"]
+    roles = column_or_missing(runs, tag_column(Tag.ROLE))
+    parents = runs[roles == Role.STUDY]
     if parents.empty:
-        raise UserError(f"study '{study}' has no parent run (tag {ROLE_TAG}=study); was it started by `ldm sweep`?")
-    trials = runs[roles == "trial"].assign(state=lambda d: d["status"].map(STATE_OF_STATUS).fillna("running"))
-    number = pd.to_numeric(column_or_missing(trials, tag_column(TRIAL_NUMBER_TAG)), errors="coerce")
+        raise UserError(f"study '{study}' has no parent run (tag {Tag.ROLE}={Role.STUDY}); "
+                        "was it started by `ldm sweep`?")
+    trials = runs[roles == Role.TRIAL].assign(state=lambda d: d["status"].map(STATE_OF_STATUS).fillna("running"))
+    number = pd.to_numeric(column_or_missing(trials, tag_column(Tag.TRIAL_NUMBER)), errors="coerce")
     trials = trials.loc[number.sort_values(na_position="last", kind="stable").index]
     factors = swept_factors(trials[trials["state"] == "finished"])
     trials = trials.assign(**{param_column(p): column_or_missing(trials, param_column(p)).fillna(MISSING_VALUE)

@@ -13,6 +13,7 @@ import pandas as pd
 
 from evaluation.metric_catalog import metric_info
 from ldm.config import ExtractorName
+from ldm.tracking import Tag
 from reports.runs import StudyRuns, column_or_missing, factor_label, metric_column, ordered_values, param_column
 
 EXTRACTORS: tuple[str, ...] = get_args(ExtractorName)
@@ -32,8 +33,6 @@ TABLE_METRICS: tuple[str, ...] = (
     "sample_images_per_s",
     "train_hours",
 )
-NUM_SAMPLES_TAG = "ldm.num_samples"
-EXTRACTOR_WEIGHTS_TAG = "ldm.extractor_weights"
 EMPTY_CELL = "–"
 
 
@@ -80,8 +79,8 @@ def aggregate(finished: pd.DataFrame, factors: Sequence[str], metrics: Sequence[
 
 def evaluation_note(study: StudyRuns) -> str:
     """Where the numbers come from: seeds per row, sample count and feature extractor of the generation metrics."""
-    samples = ", ".join(study.tag_values(NUM_SAMPLES_TAG)) or "an unrecorded number of"
-    weights = ", ".join(study.tag_values(EXTRACTOR_WEIGHTS_TAG)) or "not recorded"
+    samples = ", ".join(study.tag_values(Tag.NUM_SAMPLES)) or "an unrecorded number of"
+    weights = ", ".join(study.tag_values(Tag.EXTRACTOR_WEIGHTS)) or "not recorded"
     return (f"Mean ± std (sample std) over the n finished runs of each row; best mean per column in bold. "
             f"Generation metrics from {samples} samples per run; feature extractor: {weights}.")
 

@@ -116,12 +116,15 @@ def ui(
     tracking_uri: TrackingOption = None,
 ) -> None:
     """Start the MLflow UI on the sweep runs, and print the optuna-dashboard command of each study."""
-    from sweeps.runs import mlflow_ui_command, resolve_tracking_uri
+    from ldm.tracking.runs import create_store_folder, resolve_tracking_uri
+    from sweeps.runs import mlflow_ui_command
     from sweeps.study import JOURNAL_NAME, sweeps_root
 
     workdir = resolve_workdir()
     for journal in sorted(sweeps_root(workdir).glob(f"*/{JOURNAL_NAME}")):
         typer.echo(f"Optuna dashboard of {journal.parent.name}: optuna-dashboard {shlex.quote(str(journal))}")
-    command = mlflow_ui_command(resolve_tracking_uri(workdir, tracking_uri), workdir, host, port)
+    uri = resolve_tracking_uri(workdir, tracking_uri)
+    create_store_folder(uri)  # the UI creates the store itself on first start
+    command = mlflow_ui_command(uri, workdir, host, port)
     typer.echo(f"MLflow UI on http://{host}:{port}: {shlex.join(command)}")
     subprocess.run(command, check=False)

@@ -28,6 +28,8 @@ from pydantic import BaseModel
 
 from ldm.errors import UserError
 from ldm.io import atomic_write_text
+from ldm.tracking import Tag
+from ldm.tracking.runs import resolve_tracking_uri
 from sweeps import runs
 from sweeps.objective import Reporter, TrialFn, run_trial
 from sweeps.spec import SweepSpec, TrialPoint
@@ -158,7 +160,7 @@ def run_trial_in_study(job: WorkerJob, study: optuna.Study, trial: optuna.Trial,
         cfg.name = f"{spec.name}-trial{trial.number}"
         cfg.tracking.experiment = spec.name
         cfg.tracking.tracking_uri = job.tracking.tracking_uri
-        runs.describe_trial_run(tracker, cfg, point.seed, trial_dir / "config.yaml")
+        runs.describe_trial_run(tracker, cfg, trial_dir / "config.yaml")
         with stop.interruptible():
             metrics = trial_fn(cfg, job.workdir, tracker, _reporter(spec, trial))
         values = spec.objective_values(metrics)
@@ -231,7 +233,7 @@ def run_sweep(spec: SweepSpec, workdir: Path, n_trials: int | None = None, worke
     location = storage_location(spec.name, workdir, storage)
     store = open_storage(location)
     study = open_study(spec, store)
-    tracking = runs.open_study_tracking(runs.resolve_tracking_uri(workdir, tracking_uri), workdir, spec,
+    tracking = runs.open_study_tracking(resolve_tracking_uri(workdir, tracking_uri), workdir, spec,
                                         directory / "spec.yaml")
     job = WorkerJob(spec=spec, workdir=workdir, storage=location, tracking=tracking, budget=budget,
                     deadline=time.time() + spec.timeout_s if spec.timeout_s else None, trial_fn=fn_path)
@@ -252,7 +254,7 @@ def run_sweep(spec: SweepSpec, workdir: Path, n_trials: int | None = None, worke
     finally:
         _recover(job, store, study, log)
         best = pareto_front(study)
-        runs.close_study_run(tracking, run_status, {"ldm.best_trials": ",".join(str(t.number) for t in best)})
+        runs.close_study_run(tracking, run_status, {Tag.BEST_TRIALS: ",".join(str(t.number) for t in best)})
     states = dict(Counter(t.state.name for t in study.get_trials(deepcopy=False)))
     return StudySummary(spec.name, location, tracking.tracking_uri, tracking.parent_run_id, objective_names(study),
                         states, best, time.monotonic() - started, stop.requested)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Optional
 
@@ -14,8 +13,8 @@ from pydantic import ValidationError
 from ldm.commands.options import ConfigOption, OverrideOption, PresetOption, resolve_config
 from ldm.config import ExperimentConfig, SamplingConfig, format_validation_error
 from ldm.errors import ConfigError, UserError
-from ldm.paths import default_artifact_root, default_tracking_uri, resolve_workdir
-from ldm.tracking import NullTracker, Tracker
+from ldm.paths import resolve_workdir
+from ldm.tracking import NullTracker
 
 # torch, MLflow and the training modules are imported inside the commands: `ldm --help` stays instant.
 if TYPE_CHECKING:
@@ -39,6 +38,7 @@ def train(
     no_track: bool = typer.Option(False, "--no-track", help="Do not log to MLflow."),
 ) -> None:
     """Train the first stage and/or the diffusion model of a config; prints the checkpoint paths."""
+    from ldm.tracking.runs import tracked_run
     from ldm.training.autoencoder_stage import train_autoencoder
     from ldm.training.diffusion_stage import train_diffusion
 
@@ -50,7 +50,8 @@ def train(
     if retrain and stage == "diffusion":
         raise UserError("--retrain retrains the first stage; allowed with --stage all or --stage autoencoder")
     workdir = resolve_workdir()
-    with _tracker(cfg, workdir, enabled=cfg.tracking.enabled and not no_track) as tracker:
+    tracked = cfg.tracking.enabled and not no_track
+    with tracked_run(cfg, workdir) if tracked else contextlib.nullcontext(NullTracker()) as tracker:
         if stage == "diffusion":
             diffusion = train_diffusion(cfg, workdir, tracker, first_stage_ckpt=first_stage, resume=resume)
             typer.echo(f"diffusion checkpoint: {diffusion}")
@@ -164,38 +165,3 @@ def _inpainting_input(path: Path, box: str, cfg: ExperimentConfig, n: int) -> tu
     mask = torch.zeros(1, 1, side, side)
     mask[..., round(y0 * side):round(y1 * side), round(x0 * side):round(x1 * side)] = 1.0
     return image.expand(n, -1, -1, -1), mask.expand(n, -1, -1, -1)
-
-
-@contextlib.contextmanager
-def _tracker(cfg: ExperimentConfig, workdir: Path, enabled: bool) -> Iterator[Tracker]:
-    """One MLflow run in the embedded store for the whole command, marked FAILED or KILLED if it does not finish."""
-    if not enabled:
-        yield NullTracker()
-        return
-    import torch
-    from mlflow.tracking import MlflowClient
-
-    from ldm.tracking import MlflowTracker, flatten
-    from ldm.training.device import resolve_device
-
-    uri = cfg.tracking.tracking_uri or default_tracking_uri(workdir)
-    if uri == default_tracking_uri(workdir):
-        (workdir / "mlflow").mkdir(parents=True, exist_ok=True)
-    client = MlflowClient(tracking_uri=uri)
-    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
-    experiment_id = (experiment.experiment_id if experiment is not None else client.create_experiment(
-        cfg.tracking.experiment, artifact_location=default_artifact_root(workdir).as_uri()))
-    run = client.create_run(experiment_id, run_name=cfg.name)
-    tracker = MlflowTracker(run.info.run_id, uri)
-    tracker.log_params({**flatten(cfg.model_dump(mode="json")), "seed": cfg.training.seed})
-    tracker.set_tags({"ldm.config_hash": cfg.config_hash(), "ldm.first_stage_hash": cfg.first_stage_hash(),
-                      "ldm.torch_version": torch.__version__, "ldm.device": str(resolve_device(cfg.training.device))})
-    status = "FAILED"
-    try:
-        yield tracker
-        status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        client.set_terminated(run.info.run_id, status)

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from typer.testing import CliRunner, Result
 
 from ldm.paths import WORKDIR_ENV
 from ldm_cli.main import app
+
+REPO = Path(__file__).resolve().parents[3]
 
 TINY = [
     "data.name=shapes", "data.shapes_count=200", "data.resolution=16", "training.device=cpu",
@@ -161,5 +165,27 @@ def test_tracked_training_logs_one_mlflow_run(tmp_path: Path) -> None:
     assert run.info.status == "FINISHED"
     assert {"ae/loss", "ae/lr", "ae/images_per_s", "ae/val_loss", "psnr", "bpp"} <= run.data.metrics.keys()
     assert run.data.params["autoencoder.f"] == "2" and run.data.tags["ldm.config_hash"]
+    # The same provenance tags as a sweep's trial runs (tests/sweeps/test_sweep_study.py).
+    git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    assert run.data.tags["ldm.git_commit"] == (git or "unknown")
+    assert run.data.tags["ldm.torch_version"] == torch.__version__
+    assert run.data.tags["ldm.device"] == "cpu"
+    assert run.data.tags["ldm.first_stage_hash"]
     history = client.get_metric_history(run.info.run_id, "ae/loss")
     assert [m.step for m in history] == [3]  # log_every 25 > steps: logged at the last step only
+
+
+def test_training_into_a_deleted_experiment_is_a_one_line_error(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from ldm.tracking.runs import create_store_folder, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tmp_path)
+    create_store_folder(uri)
+    client = MlflowClient(tracking_uri=uri)
+    client.delete_experiment(client.create_experiment("binned"))
+    result = ldm(tmp_path, "train", "--stage", "autoencoder", *overrides("tracking.experiment=binned"))
+    assert result.exit_code == 1
+    assert "MLflow experiment 'binned'" in result.output and "is deleted; restore it" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "first_stages").exists()  # refused before any training

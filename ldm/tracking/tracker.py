@@ -78,7 +78,11 @@ class MlflowTracker:
         from mlflow.entities import RunTag
 
         # One batch is one database transaction; a set_tag per tag costs one each.
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self.client.log_batch(self.run_id, tags=[RunTag(str(k), str(v)) for k, v in tags.items()])
+
+    def end(self, status: str = "FINISHED") -> None:
+        """Close the run as FINISHED, FAILED or KILLED."""
+        self.client.set_terminated(self.run_id, status)
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -1,0 +1,9 @@
+"""MLflow tracking: the logging interface the loop calls, the tag catalog, and (in `runs`) run setup.
+
+`ldm.tracking.runs` imports torch, so it is not imported here: `ldm --help` imports this package.
+"""
+
+from ldm.tracking.tags import Role, Tag
+from ldm.tracking.tracker import MlflowTracker, NullTracker, Tracker, flatten
+
+__all__ = ["MlflowTracker", "NullTracker", "Role", "Tag", "Tracker", "flatten"]

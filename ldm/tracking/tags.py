@@ -1,0 +1,34 @@
+"""Every MLflow tag name the suite writes and reads; the metric names are in `evaluation/metric_catalog.py`."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Tag(StrEnum):
+    # Provenance of every run, from `ldm.tracking.runs.describe_run`.
+    CONFIG_HASH = "ldm.config_hash"
+    FIRST_STAGE_HASH = "ldm.first_stage_hash"
+    GIT_COMMIT = "ldm.git_commit"
+    TORCH_VERSION = "ldm.torch_version"
+    DEVICE = "ldm.device"  # the device type, `cuda` or `cpu`
+    # What the final metrics were computed from, set by evaluation.
+    NUM_SAMPLES = "ldm.num_samples"
+    EXTRACTOR_WEIGHTS = "ldm.extractor_weights"
+    # A sweep's parent run and its trial runs.
+    ROLE = "ldm.role"
+    STUDY = "ldm.study"
+    TRIAL_NUMBER = "ldm.trial_number"
+    FAIL_REASON = "ldm.fail_reason"
+    SAMPLER = "ldm.sampler"
+    OBJECTIVES = "ldm.objectives"
+    BEST_TRIALS = "ldm.best_trials"
+    # MLflow's own tag that nests a run under another (the UI draws the tree from it).
+    PARENT_RUN_ID = "mlflow.parentRunId"
+
+
+class Role(StrEnum):
+    """Values of `Tag.ROLE`: a study's parent run or one of its trials."""
+
+    STUDY = "study"
+    TRIAL = "trial"
