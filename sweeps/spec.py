@@ -65,6 +65,10 @@ class CategoricalParam(_SpecModel):
     def probe_values(self) -> list[Any]:
         return list(self.choices)
 
+    def varies(self) -> bool:
+        """Whether the sweep gives this field more than one value."""
+        return len({json.dumps(choice) for choice in self.choices}) > 1
+
     def suggest(self, trial: optuna.Trial, name: str) -> Any:
         return trial.suggest_categorical(name, self.choices)
 
@@ -87,6 +91,10 @@ class IntParam(_SpecModel):
     def probe_values(self) -> list[Any]:
         return [self.low, self.high]
 
+    def varies(self) -> bool:
+        """Whether the sweep gives this field more than one value."""
+        return self.low != self.high
+
     def suggest(self, trial: optuna.Trial, name: str) -> Any:
         return trial.suggest_int(name, self.low, self.high, step=self.step, log=self.log)
 
@@ -107,6 +115,10 @@ class FloatParam(_SpecModel):
 
     def probe_values(self) -> list[Any]:
         return [self.low, self.high]
+
+    def varies(self) -> bool:
+        """Whether the sweep gives this field more than one value."""
+        return self.low != self.high
 
     def suggest(self, trial: optuna.Trial, name: str) -> Any:
         return trial.suggest_float(name, self.low, self.high, log=self.log)
@@ -234,9 +246,10 @@ class SweepSpec(_SpecModel):
         f_param = self.space.get("autoencoder.f")
         if min(f_param.probe_values() if f_param is not None else [base.autoencoder.f]) > 1:
             return
-        ignored = [path for path in self.space if path.startswith(IDENTITY_TRAINING_PREFIX) or (
-            path.startswith("autoencoder.")
-            and path.removeprefix("autoencoder.") not in AutoencoderConfig.IDENTITY_FIELDS)]
+        ignored = [path for path, param in self.space.items() if param.varies() and (
+            path.startswith(IDENTITY_TRAINING_PREFIX) or (
+                path.startswith("autoencoder.")
+                and path.removeprefix("autoencoder.") not in AutoencoderConfig.IDENTITY_FIELDS))]
         if ignored:
             names = ", ".join(f"space.{path}" for path in ignored)
             raise ValueError(f"{names} cannot be swept while autoencoder.f can be 1: the identity first stage "

@@ -82,6 +82,9 @@ def test_first_stage_fields_are_swept_freely_where_they_take_effect():
     scaled = spec_with(space={"autoencoder.f": {"type": "categorical", "choices": [1, 2]},
                               "autoencoder.scale_factor": {"type": "categorical", "choices": [0.5, 1.0]}})
     assert scaled.grid_size == 4  # the identity uses the scale factor too
+    fixed = spec_with(space={"autoencoder.f": {"type": "categorical", "choices": [1, 2]},
+                             "autoencoder.latent_channels": {"type": "categorical", "choices": [3]}})
+    assert fixed.grid_size == 2  # one value makes no duplicates
 
 
 def test_defaults_resolve_sampler_direction_and_grid_budget():

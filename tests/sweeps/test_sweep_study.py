@@ -49,7 +49,7 @@ def workdir(tmp_path_factory, tmp_path, monkeypatch) -> Path:
 
 def make_spec(name: str, f=(1, 2), channels=(2,), seeds=(0,), objectives=("fid_domain",), **extra):
     return parse_spec({
-        "name": name, "base": {"preset": "tiny", "overrides": ["training.device=cpu"]},
+        "name": name, "base": {"preset": "tiny", "overrides": ["training.device=cpu", "data.resolution=32"]},
         "space": {"autoencoder.f": {"type": "categorical", "choices": list(f)},
                   "autoencoder.latent_channels": {"type": "categorical", "choices": list(channels)}},
         "objectives": [{"metric": m} for m in objectives], "sampler": "grid", "seeds": list(seeds), **extra})
@@ -68,11 +68,11 @@ def client(workdir: Path) -> MlflowClient:
 
 
 def test_grid_study_runs_every_point_once_with_a_parent_run_and_a_child_run_per_trial(workdir, tmp_path):
-    spec = make_spec("grid", f=(1, 2), channels=(1, 3), seeds=(0, 5))
+    spec = make_spec("grid", f=(2, 4), channels=(1, 3), seeds=(0, 5))
     summary = run_sweep(spec, workdir, trial_fn=quick_trial, log=quiet)
     assert summary.states == {"COMPLETE": 8} and not summary.interrupted
     assert sorted(executions(tmp_path / "executions.jsonl")) == sorted(
-        (f, c, s) for f in (1, 2) for c in (1, 3) for s in (0, 5))
+        (f, c, s) for f in (2, 4) for c in (1, 3) for s in (0, 5))
 
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(default_tracking_uri(workdir))
@@ -135,9 +135,9 @@ def test_diverging_trial_fails_with_its_reason_and_traceback_and_the_study_goes_
 
 
 def test_multi_objective_study_exposes_its_pareto_front(workdir):
-    spec = make_spec("pareto", f=(1, 2, 4), channels=(1, 2, 4), objectives=("fid_domain", "sample_images_per_s"))
+    spec = make_spec("pareto", f=(2, 4, 8), channels=(1, 2, 4), objectives=("fid_domain", "sample_images_per_s"))
     summary = run_sweep(spec, workdir, trial_fn=quick_trial, log=quiet)
-    points = [(f, c) for f in (1, 2, 4) for c in (1, 2, 4)]
+    points = [(f, c) for f in (2, 4, 8) for c in (1, 2, 4)]
     scores = {p: closed_form_metrics(*p, seed=0) for p in points}
 
     def dominated(p):

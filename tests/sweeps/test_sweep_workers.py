@@ -30,7 +30,8 @@ def workdir(tmp_path_factory, tmp_path, monkeypatch) -> Path:
 
 
 def raw_spec(name: str, f=(1, 2, 4), channels=(2,), seeds=(0,)) -> dict:
-    return {"name": name, "base": {"preset": "tiny", "overrides": ["training.device=cpu"]}, "sampler": "grid",
+    return {"name": name, "base": {"preset": "tiny", "overrides": ["training.device=cpu", "data.resolution=32"]},
+            "sampler": "grid",
             "space": {"autoencoder.f": {"type": "categorical", "choices": list(f)},
                       "autoencoder.latent_channels": {"type": "categorical", "choices": list(channels)}},
             "objectives": [{"metric": "fid_domain"}], "seeds": list(seeds)}
@@ -61,12 +62,12 @@ def wait_for(path: Path, process: subprocess.Popen, timeout: float = 180) -> Non
 def test_two_workers_run_every_grid_point_exactly_once(workdir, tmp_path, monkeypatch):
     monkeypatch.setenv("SWEEP_FAKE_MEET", f"{tmp_path / 'meet'}:2")
     monkeypatch.setenv("SWEEP_FAKE_SLEEP", "0.05")
-    spec = parse_spec(raw_spec("two", f=(1, 2, 4), channels=(1, 2), seeds=(0, 1)))
+    spec = parse_spec(raw_spec("two", f=(2, 4, 8), channels=(1, 2), seeds=(0, 1)))
     lines: list[str] = []
     summary = run_sweep(spec, workdir, workers=2, trial_fn=quick_trial, log=lines.append)
     assert summary.states == {"COMPLETE": 12}
     done = executions(tmp_path / "executions.jsonl")
-    assert sorted(done) == sorted((f, c, s) for f in (1, 2, 4) for c in (1, 2) for s in (0, 1))
+    assert sorted(done) == sorted((f, c, s) for f in (2, 4, 8) for c in (1, 2) for s in (0, 1))
     assert len(list((tmp_path / "meet").iterdir())) == 2  # both worker processes ran trials
     statuses = runs_by_status("two", workdir)
     assert set(statuses) == {"FINISHED"} and sorted(statuses["FINISHED"]) == ["study"] + ["trial"] * 12
