@@ -17,7 +17,8 @@ from evaluation.generation import (ReferenceSet, compute_generation_metrics, con
 from evaluation.reconstruction import compute_reconstruction_metrics
 from evaluation.report_card import META_KEY, MetricsReport, metric_values, write_metrics_json
 from ldm.config import EvaluationConfig, ExperimentConfig, SamplingConfig, build_config
-from ldm.data.registry import build_dataset, dataset_provides
+from ldm.data.catalog import dataset_provides
+from ldm.data.registry import build_dataset
 from ldm.tracking import NullTracker, Tracker
 from ldm.training.device import resolve_device
 from ldm.training.pipeline import LatentDiffusionPipeline
@@ -75,7 +76,7 @@ def _sample_metrics(pipeline: LatentDiffusionPipeline, conditions: Conditions, s
                                           evaluation.batch_size)
     report = compute_generation_metrics(images, pipeline.config.data, evaluation, workdir)
     report["sample_images_per_s"] = images_per_s
-    if conditions.labels is not None and "label" in dataset_provides(pipeline.config.data):
+    if conditions.labels is not None and "label" in dataset_provides(pipeline.config.data.name, pipeline.config.data.root):
         classifier = load_domain_extractor(pipeline.config.data, workdir)
         report["cond_accuracy"] = conditioning_accuracy(images, conditions.labels, classifier)
     return report

@@ -12,9 +12,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ldm.data.catalog import DatasetName, dataset_provides
 from ldm.errors import ConfigError
 
-DatasetName = Literal["mnist", "shapes", "fashion-mnist", "cifar10", "celeba", "folder"]
 Split = Literal["train", "val", "test"]
 Conditioning = Literal["none", "class", "text", "concat"]
 ScheduleName = Literal["linear", "scaled_linear", "cosine", "sigmoid"]
@@ -212,8 +212,6 @@ class ExperimentConfig(Section):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> ExperimentConfig:
-        from ldm.data.registry import dataset_provides
-
         res, f = self.data.resolution, self.autoencoder.f
         if res % f or res // f < 4:
             raise ValueError(
@@ -221,7 +219,7 @@ class ExperimentConfig(Section):
                 f"4x4 and divide evenly; allowed f: {_allowed_f(res)}"
             )
         need = CONDITIONING_NEEDS[self.diffusion.conditioning]
-        provides = dataset_provides(self.data)
+        provides = dataset_provides(self.data.name, self.data.root)
         if need is not None and need not in provides:
             have = ", ".join(sorted(provides)) or "images only"
             raise ValueError(
