@@ -16,7 +16,7 @@ from evaluation.generation import (ReferenceSet, compute_generation_metrics, con
                                    fidelity_metrics, reference_set, resolve_extractor)
 from evaluation.reconstruction import compute_reconstruction_metrics
 from evaluation.report_card import META_KEY, MetricsReport, metric_values, write_metrics_json
-from ldm.config import EvaluationConfig, ExperimentConfig, SamplingConfig, build_config
+from ldm.config import EvaluationConfig, ExperimentConfig, Override, SamplingConfig, build_config
 from ldm.data.catalog import dataset_provides
 from ldm.data.registry import build_dataset
 from ldm.tracking import NullTracker, Tracker
@@ -129,16 +129,16 @@ def cost_metrics(pipeline: LatentDiffusionPipeline) -> dict[str, float]:
 
 
 def evaluate_experiment(cfg: ExperimentConfig | None, checkpoint: Path, workdir: Path,
-                        tracker: Tracker | None = None, *, overrides: Sequence[str] = (),
+                        tracker: Tracker | None = None, *, overrides: Sequence[Override] = (),
                         out: Path | None = None) -> MetricsReport:
     """Every metric of a trained `diffusion.pt`: written to `metrics.json` beside it (or `out`) and to the tracker.
 
-    `cfg` defaults to the checkpoint's own config, with dotted `overrides` (e.g. `evaluation.num_samples=1000`).
+    `cfg` defaults to the checkpoint's own config, with `overrides` (e.g. `Override("evaluation.num_samples", 1000)`).
     """
     tracker = tracker or NullTracker()
     pipeline = LatentDiffusionPipeline.from_checkpoint(checkpoint,
                                                        device=resolve_device(cfg.training.device if cfg else "auto"))
-    cfg = build_config((cfg or pipeline.config).model_dump(mode="json"), list(overrides))
+    cfg = build_config((cfg or pipeline.config).model_dump(mode="json"), overrides)
     evaluation, sampling = cfg.evaluation, cfg.diffusion.sampling
     conditions = draw_conditions(pipeline, evaluation, workdir)
 

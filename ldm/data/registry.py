@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, get_args
 
 from pydantic import ValidationError
 
-from ldm.config import DataConfig, Section, Split, apply_override, format_validation_error
+from ldm.config import DataConfig, Override, Section, Split, format_validation_error
 from ldm.data.catalog import DATASET_NAMES, dataset_provides
 from ldm.errors import ConfigError
 
@@ -24,16 +24,16 @@ def build_dataset(cfg: DataConfig, split: Split, workdir: Path) -> ImageDataset:
     return _families()[cfg.name].build(cfg, split, Path(workdir))
 
 
-def data_config(name: str, overrides: Sequence[str] = ()) -> DataConfig:
+def data_config(name: str, overrides: Sequence[Override] = ()) -> DataConfig:
     """The data section for dataset `name` plus `data.*` overrides, as the `ldm data` commands see it."""
     if name not in DATASET_NAMES:
         raise ConfigError(f"unknown dataset '{name}'; allowed: {', '.join(DATASET_NAMES)}")
     raw: dict[str, Any] = {"data": {"name": name}}
     for override in overrides:
-        if not override.startswith("data."):
+        if not override.path.startswith("data."):
             raise ConfigError(f"override '{override}' does not apply to a dataset; only data.* fields do, "
                               "e.g. -o data.root=DIR")
-        apply_override(raw, override)
+        override.apply_to(raw)
     try:
         return _DataSection.model_validate(raw).data
     except ValidationError as e:

@@ -11,22 +11,12 @@ from typer.testing import CliRunner
 
 from evaluation.experiment import Conditions, evaluate_experiment, generate_timed, intermediate_fid
 from evaluation.metric_catalog import metric_info
-from ldm.config import load_config
+from ldm.config import Override, load_config
 from ldm.paths import WORKDIR_ENV
 from ldm.tracking import NullTracker
 from ldm.training.diffusion_stage import train_diffusion
 from ldm.training.pipeline import LatentDiffusionPipeline
 from ldm_cli.main import app
-
-TINY = [
-    "data.name=shapes", "data.shapes_count=2000", "data.resolution=16", "training.device=cpu",
-    "autoencoder.f=2", "autoencoder.latent_channels=2", "autoencoder.base_channels=8", "autoencoder.channel_mult=[1]",
-    "diffusion.unet.base_channels=8", "diffusion.unet.channel_mult=[1]", "diffusion.unet.attention_resolutions=[]",
-    "diffusion.unet.context_dim=8", "diffusion.sampling.steps=2",
-    "evaluation.num_samples=20", "evaluation.kid_subset_size=10", "evaluation.batch_size=20",
-    *(f"training.{stage}.{key}" for stage in ("autoencoder", "diffusion") for key in (
-        "steps=4", "batch_size=8", "log_every=2", "checkpoint_every=4", "image_every=4", "warmup_steps=1")),
-]
 
 
 @pytest.fixture(scope="module")
@@ -36,13 +26,13 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def class_model(workdir: Path) -> Path:
-    return train_diffusion(load_config(preset="tiny", overrides=[*TINY, "diffusion.conditioning=class"]), workdir)
+    return train_diffusion(load_config(preset="micro", overrides=[Override("diffusion.conditioning", "class")]), workdir)
 
 
 def test_every_metric_family_with_guidance_and_ddim_variants(class_model: Path, workdir: Path) -> None:
     out = workdir / "class-metrics.json"
     report = evaluate_experiment(None, class_model, workdir, overrides=[
-        "evaluation.guidance_scales=[1.0, 3.0]", "evaluation.ddim_steps=[1]"], out=out)
+        Override("evaluation.guidance_scales", [1.0, 3.0]), Override("evaluation.ddim_steps", [1])], out=out)
     written = json.loads(out.read_text())
     assert set(written) == set(report)
     for name in ["fid_domain", "kid_domain", "precision_domain", "recall_domain", "is_domain", "cond_accuracy",
@@ -66,7 +56,7 @@ def test_same_seed_same_numbers(class_model: Path, workdir: Path) -> None:
 
 
 def test_inpainting_model_is_evaluated_on_masked_reference_images(workdir: Path) -> None:
-    checkpoint = train_diffusion(load_config(preset="tiny", overrides=[*TINY, "diffusion.conditioning=concat"]),
+    checkpoint = train_diffusion(load_config(preset="micro", overrides=[Override("diffusion.conditioning", "concat")]),
                                  workdir)
     report = evaluate_experiment(None, checkpoint, workdir, out=workdir / "concat.json")
     assert report["fid_domain"] >= 0 and "cond_accuracy" not in report
@@ -102,8 +92,8 @@ def test_intermediate_fid_is_logged_every_fid_every_steps(workdir: Path) -> None
         def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
             logged.append((step, metrics))
 
-    cfg = load_config(preset="tiny", overrides=[*TINY, "evaluation.fid_every=2", "evaluation.fid_every_samples=10",
-                                                "training.seed=1"])
+    cfg = load_config(preset="micro", overrides=[Override("evaluation.fid_every", 2),
+                                                 Override("evaluation.fid_every_samples", 10), Override("training.seed", 1)])
     train_diffusion(cfg, workdir, Recorder(), on_eval=lambda name, value, step: reported.append((name, step)),
                     intermediate=intermediate_fid(workdir))
     assert [step for step, metrics in logged if "fid_domain" in metrics] == [2, 4]

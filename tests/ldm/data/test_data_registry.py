@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from ldm.config import DataConfig
+from ldm.config import DataConfig, Override, parse_overrides
 from ldm.data.registry import build_dataset, data_config, dataset_statuses
 from ldm.errors import ConfigError
 
@@ -15,16 +15,16 @@ def test_bad_split_names_the_allowed_ones(tmp_path: Path) -> None:
 
 
 def test_data_config_applies_data_overrides_only() -> None:
-    cfg = data_config("shapes", ["data.resolution=48", "data.channels=3", "data.split_seed=5"])
+    cfg = data_config("shapes", parse_overrides(["data.resolution=48", "data.channels=3"]) + [Override("data.split_seed", 5)])
     assert (cfg.name, cfg.resolution, cfg.channels, cfg.split_seed) == ("shapes", 48, 3, 5)
     with pytest.raises(ConfigError, match=r"^unknown dataset 'imagenet'; allowed: mnist, shapes, fashion-mnist"):
         data_config("imagenet")
     with pytest.raises(ConfigError, match=r"override 'autoencoder\.f=8' does not apply to a dataset"):
-        data_config("mnist", ["autoencoder.f=8"])
+        data_config("mnist", [Override("autoencoder.f", 8)])
     with pytest.raises(ConfigError, match=r"data\.channels=2 is not allowed"):
-        data_config("mnist", ["data.channels=2"])
+        data_config("mnist", parse_overrides(["data.channels=2"]))
     with pytest.raises(ConfigError, match=r"unknown field 'data\.colour'"):
-        data_config("mnist", ["data.colour=red"])
+        data_config("mnist", parse_overrides(["data.colour=red"]))
 
 
 def test_statuses_cover_every_dataset(tmp_path: Path) -> None:
