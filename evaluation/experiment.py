@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from evaluation.cost import forward_gflops, parameters_m, peak_memory_mb
+from evaluation.cost import PeakMemory, forward_gflops, parameters_m
 from evaluation.extractors import FidelityExtractor, UInt8Images, to_uint8_rgb
 from evaluation.extractors.domain import load_domain_extractor
 from evaluation.generation import (ReferenceSet, compute_generation_metrics, conditioning_accuracy,
@@ -76,8 +76,9 @@ def _sample_metrics(pipeline: LatentDiffusionPipeline, conditions: Conditions, s
                                           evaluation.batch_size)
     report = compute_generation_metrics(images, pipeline.config.data, evaluation, workdir)
     report["sample_images_per_s"] = images_per_s
-    if conditions.labels is not None and "label" in dataset_provides(pipeline.config.data.name, pipeline.config.data.root):
-        classifier = load_domain_extractor(pipeline.config.data, workdir)
+    data = pipeline.config.data
+    if conditions.labels is not None and "label" in dataset_provides(data.name, data.root):
+        classifier = load_domain_extractor(data, workdir)
         report["cond_accuracy"] = conditioning_accuracy(images, conditions.labels, classifier)
     return report
 
@@ -136,8 +137,9 @@ def evaluate_experiment(cfg: ExperimentConfig | None, checkpoint: Path, workdir:
     `cfg` defaults to the checkpoint's own config, with `overrides` (e.g. `Override("evaluation.num_samples", 1000)`).
     """
     tracker = tracker or NullTracker()
-    pipeline = LatentDiffusionPipeline.from_checkpoint(checkpoint,
-                                                       device=resolve_device(cfg.training.device if cfg else "auto"))
+    device = resolve_device(cfg.training.device if cfg else "auto")
+    memory = PeakMemory(device)  # from here: the peak of this evaluation, the model included, not of training
+    pipeline = LatentDiffusionPipeline.from_checkpoint(checkpoint, device=device)
     cfg = build_config((cfg or pipeline.config).model_dump(mode="json"), overrides)
     evaluation, sampling = cfg.evaluation, cfg.diffusion.sampling
     conditions = draw_conditions(pipeline, evaluation, workdir)
@@ -157,7 +159,7 @@ def evaluate_experiment(cfg: ExperimentConfig | None, checkpoint: Path, workdir:
     reconstruction = compute_reconstruction_metrics(pipeline.first_stage, cfg.data, evaluation, workdir)
     report.update(metric_values(reconstruction))
     report.update(cost_metrics(pipeline))
-    report["peak_memory_mb"] = peak_memory_mb(pipeline.device)
+    report["peak_memory_mb"] = memory.peak_mb()
     report[META_KEY] = meta
 
     path = out or Path(checkpoint).parent / "metrics.json"

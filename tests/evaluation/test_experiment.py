@@ -9,6 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from evaluation.cost import cpu_peak_resettable
 from evaluation.experiment import Conditions, evaluate_experiment, generate_timed, intermediate_fid
 from evaluation.metric_catalog import metric_info
 from ldm.config import Override, load_config
@@ -26,7 +27,8 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def class_model(workdir: Path) -> Path:
-    return train_diffusion(load_config(preset="micro", overrides=[Override("diffusion.conditioning", "class")]), workdir)
+    cfg = load_config(preset="micro", overrides=[Override("diffusion.conditioning", "class")])
+    return train_diffusion(cfg, workdir)
 
 
 def test_every_metric_family_with_guidance_and_ddim_variants(class_model: Path, workdir: Path) -> None:
@@ -42,10 +44,29 @@ def test_every_metric_family_with_guidance_and_ddim_variants(class_model: Path, 
         assert isinstance(written[name], float), name
         metric_info(name)  # every logged name is a catalog metric or one of its variants
     assert 0.0 <= written["cond_accuracy"] <= 100.0
+    # Guidance variants sample the same conditions with the same seed: at the base scale they repeat its numbers.
+    assert written["g1/fid_domain"] == written["fid_domain"]
+    assert written["g1/cond_accuracy"] == written["cond_accuracy"]
     assert written["params_cond"] > 0
     meta = written["meta"]
     assert meta["num_samples"] == 20 and meta["steps"] == 2 and "domain" in meta["extractor_weights"]
     assert "kid_subset_size" in meta
+
+
+def test_peak_memory_is_the_evaluations_not_the_processes(class_model: Path, workdir: Path) -> None:
+    if torch.cuda.is_available() or not cpu_peak_resettable():
+        pytest.skip("needs a CPU evaluation whose peak resets (Linux); tests/evaluation/test_cost.py covers CUDA")
+    earlier = torch.ones(1024 * 2**20 // 4)  # 1 GiB, as a trial's training holds before its evaluation
+    del earlier
+    process_peak = _vm_hwm_mb()
+    report = evaluate_experiment(None, class_model, workdir, out=workdir / "memory.json")
+    assert report["peak_memory_mb"] < process_peak - 512
+
+
+def _vm_hwm_mb() -> float:
+    """The kernel's high-water mark of this process's resident set."""
+    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
 
 
 def test_same_seed_same_numbers(class_model: Path, workdir: Path) -> None:
@@ -92,8 +113,8 @@ def test_intermediate_fid_is_logged_every_fid_every_steps(workdir: Path) -> None
         def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
             logged.append((step, metrics))
 
-    cfg = load_config(preset="micro", overrides=[Override("evaluation.fid_every", 2),
-                                                 Override("evaluation.fid_every_samples", 10), Override("training.seed", 1)])
+    cfg = load_config(preset="micro", overrides=[
+        Override("evaluation.fid_every", 2), Override("evaluation.fid_every_samples", 10), Override("training.seed", 1)])
     train_diffusion(cfg, workdir, Recorder(), on_eval=lambda name, value, step: reported.append((name, step)),
                     intermediate=intermediate_fid(workdir))
     assert [step for step, metrics in logged if "fid_domain" in metrics] == [2, 4]
