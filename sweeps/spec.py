@@ -241,7 +241,8 @@ class SweepSpec(_SpecModel):
         return n or self.grid_size
 
     def trial_config(self, point: TrialPoint) -> ExperimentConfig:
-        overrides = [*(Override(path, value) for path, value in point.params.items()), Override("training.seed", point.seed)]
+        overrides = [*(Override(path, value) for path, value in point.params.items()),
+                     Override("training.seed", point.seed)]
         return build_config(self.base.load().model_dump(mode="json"), overrides)
 
     def objective_values(self, metrics: dict[str, float]) -> list[float]:

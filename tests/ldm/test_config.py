@@ -29,9 +29,10 @@ def test_yaml_round_trip(tmp_path: Path) -> None:
 
 
 def test_overrides_parse_yaml_values() -> None:
-    cfg = load_config(preset="mnist", overrides=parse_overrides(["autoencoder.f=8", "autoencoder.channel_mult=[1, 2]", "diffusion.min_snr_gamma=5",
-                                 "training.autoencoder.ema_decay=null", "diffusion.zero_terminal_snr=true",
-                                 "diffusion.prediction=v_prediction"]))
+    cfg = load_config(preset="mnist", overrides=parse_overrides([
+        "autoencoder.f=8", "autoencoder.channel_mult=[1, 2]", "diffusion.min_snr_gamma=5",
+        "training.autoencoder.ema_decay=null", "diffusion.zero_terminal_snr=true",
+        "diffusion.prediction=v_prediction"]))
     assert cfg.autoencoder.f == 8
     assert cfg.autoencoder.channel_mult == [1, 2]
     assert cfg.diffusion.min_snr_gamma == 5.0
@@ -48,7 +49,8 @@ def test_hash_ignores_paths_tracking_and_name_but_not_semantics() -> None:
     assert different.config_hash() != base.config_hash()
     # the first stage does not depend on the diffusion settings, only on data + autoencoder + its training
     assert different.first_stage_hash() == base.first_stage_hash()
-    assert load_config(overrides=parse_overrides(["autoencoder.latent_channels=8"])).first_stage_hash() != base.first_stage_hash()
+    wider = load_config(overrides=parse_overrides(["autoencoder.latent_channels=8"]))
+    assert wider.first_stage_hash() != base.first_stage_hash()
 
 
 @pytest.mark.parametrize(
@@ -86,8 +88,9 @@ def test_validation_messages(overrides: list[str], message: str) -> None:
 
 
 def test_conditioning_allowed_where_dataset_provides_it() -> None:
-    assert load_config(preset="shapes", overrides=parse_overrides(["diffusion.conditioning=concat"])).diffusion.conditioning == "concat"
-    assert load_config(preset="mnist", overrides=parse_overrides(["diffusion.conditioning=class"])).diffusion.conditioning == "class"
+    for preset, conditioning in [("shapes", "concat"), ("mnist", "class")]:
+        cfg = load_config(preset=preset, overrides=[Override("diffusion.conditioning", conditioning)])
+        assert cfg.diffusion.conditioning == conditioning
 
 
 def test_file_errors(tmp_path: Path) -> None:

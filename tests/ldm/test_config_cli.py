@@ -44,4 +44,5 @@ def test_presets_lists_every_shipped_preset() -> None:
 def test_unknown_preset_is_one_line_without_traceback() -> None:
     result = invoke("config", "show", "-p", "imagenet")
     assert result.exit_code == 1
-    assert result.output.strip().splitlines() == ["Error: unknown preset 'imagenet'; allowed: micro, mnist, paper-f4, shapes, tiny"]
+    assert result.output.strip().splitlines() == [
+        "Error: unknown preset 'imagenet'; allowed: micro, mnist, paper-f4, shapes, tiny"]

@@ -97,9 +97,9 @@ def test_trial_config_applies_params_and_seed_over_base_overrides():
                                                              "data.channels=3"]},
                      space={"diffusion.conditioning": {"type": "categorical", "choices": ["none", "text"]}})
     cfg = spec.trial_config(TrialPoint({"diffusion.conditioning": "text"}, seed=5))
-    expected = load_config(preset="tiny", overrides=parse_overrides(["autoencoder.latent_channels=3", "data.name=shapes",
-                                                     "data.channels=3", "diffusion.conditioning=text",
-                                                     "training.seed=5"]))
+    expected = load_config(preset="tiny", overrides=parse_overrides([
+        "autoencoder.latent_channels=3", "data.name=shapes", "data.channels=3", "diffusion.conditioning=text",
+        "training.seed=5"]))
     assert cfg == expected
 
 

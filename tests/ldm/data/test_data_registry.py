@@ -15,7 +15,8 @@ def test_bad_split_names_the_allowed_ones(tmp_path: Path) -> None:
 
 
 def test_data_config_applies_data_overrides_only() -> None:
-    cfg = data_config("shapes", parse_overrides(["data.resolution=48", "data.channels=3"]) + [Override("data.split_seed", 5)])
+    cfg = data_config("shapes", [*parse_overrides(["data.resolution=48", "data.channels=3"]),
+                                 Override("data.split_seed", 5)])
     assert (cfg.name, cfg.resolution, cfg.channels, cfg.split_seed) == ("shapes", 48, 3, 5)
     with pytest.raises(ConfigError, match=r"^unknown dataset 'imagenet'; allowed: mnist, shapes, fashion-mnist"):
         data_config("imagenet")
