@@ -86,17 +86,22 @@ def test_inpainting_model_is_evaluated_on_masked_reference_images(workdir: Path)
 def test_eval_cli_prints_the_table_and_writes_json(class_model: Path, workdir: Path) -> None:
     out = workdir / "cli.json"
     result = CliRunner().invoke(app, ["--workdir", str(workdir), "eval", "--checkpoint", str(class_model),
-                                      "--num-samples", "12", "--steps", "1", "--guidance", "2", "--out", str(out)],
+                                      "--num-samples", "12", "--steps", "1", "--guidance", "2",
+                                      "--guidance-sweep", "1,2.5", "--out", str(out)],
                                 env={WORKDIR_ENV: str(workdir)})
     assert result.exit_code == 0, result.output
     assert "FID (domain)" in result.output and f"wrote {out}" in result.output
-    meta = json.loads(out.read_text())["meta"]
+    written = json.loads(out.read_text())
+    meta = written["meta"]
     assert meta["num_samples"] == 12 and meta["steps"] == 1 and meta["guidance_scale"] == 2.0
+    assert {"g1/fid_domain", "g2.5/fid_domain"} <= written.keys()
 
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--checkpoint", "missing.pt"], "checkpoint 'missing.pt' does not exist"),
     (["--checkpoint", "{ckpt}", "--extractor", "clip"], "--extractor 'clip' is not a comma-separated list of"),
+    (["--checkpoint", "{ckpt}", "--guidance-sweep", "1,x"],
+     "--guidance-sweep '1,x' is not a comma-separated list of numbers, e.g. 1,2,4"),
 ])
 def test_eval_cli_errors(class_model: Path, workdir: Path, args: list[str], message: str) -> None:
     args = [a.replace("{ckpt}", str(class_model)) for a in args]

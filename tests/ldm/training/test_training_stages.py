@@ -166,7 +166,7 @@ def test_diffusion_run_folder_and_metrics(trained: dict[str, Any]) -> None:
     cfg, tracker, evals = trained["trackers"]["class"]
     path = trained["class"]
     assert path == run_dir(cfg, trained["workdir"]) / "diffusion.pt"
-    assert path.parent.name == f"tiny-{cfg.config_hash()}"
+    assert path.parent.name == f"micro-{cfg.config_hash()}"
     assert load_config(path.parent / "config.yaml") == cfg
     assert yaml.safe_load(torch.load(path, weights_only=True)["config"]) == cfg.model_dump(mode="json")
     assert Image.open(path.parent / "samples.png").size[0] > 0
