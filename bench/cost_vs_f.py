@@ -16,12 +16,10 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import multiprocessing
-import re
 import statistics
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -37,7 +35,7 @@ from bench.harness import (
     run_script,
     setup,
 )
-from evaluation.cost import forward_gflops
+from evaluation.cost import PeakMemory, cpu_peak_resettable, forward_gflops
 from ldm.config import AutoencoderConfig, DiffusionConfig, SamplingConfig, UNetConfig
 from ldm.diffusion.process import GaussianDiffusion
 from ldm.diffusion.samplers import sample
@@ -51,8 +49,6 @@ Phase = Literal["train", "sample"]
 PHASES: tuple[Phase, ...] = ("train", "sample")
 STAGES = ("encode", "train", "sample", "decode")
 LEARNING_RATE = 1e-4
-STATUS, CLEAR_REFS = Path("/proc/self/status"), Path("/proc/self/clear_refs")
-RESET_PEAK_RSS = "5"  # proc(5): writing 5 to clear_refs resets the peak RSS (VmHWM) to the current RSS
 
 
 @dataclass
@@ -136,37 +132,6 @@ class FactorModels:
         return costs
 
 
-class MemoryProbe:
-    """Peak memory above a starting point: CUDA allocated bytes, or on Linux the resident set (VmHWM after a reset
-    through /proc/self/clear_refs, so start-up spikes such as imports are not counted)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        if device.type == "cpu" and not CLEAR_REFS.exists():
-            raise UserError(f"measuring CPU peak memory needs Linux's {CLEAR_REFS}; allowed elsewhere: --no-memory")
-
-    def _status_mb(self, field: str) -> float:
-        match = re.search(rf"^{field}:\s+(\d+) kB", STATUS.read_text(), re.MULTILINE)
-        if match is None:
-            raise RuntimeError(f"{STATUS} has no {field} line")
-        return int(match.group(1)) / 1024
-
-    def start(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.start_mb = torch.cuda.memory_allocated(self.device) / 2**20
-        else:
-            CLEAR_REFS.write_text(RESET_PEAK_RSS)
-            self.start_mb = self._status_mb("VmRSS")
-
-    def peak_above_start_mb(self) -> float:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            return torch.cuda.max_memory_allocated(self.device) / 2**20 - self.start_mb
-        return self._status_mb("VmHWM") - self.start_mb
-
-
 def peak_memory_of_phase(f: int, phase: Phase, args: argparse.Namespace) -> float:
     """MB that one call of `phase` (train: encode + step; sample: DDIM + decode) adds at its peak.
 
@@ -176,11 +141,14 @@ def peak_memory_of_phase(f: int, phase: Phase, args: argparse.Namespace) -> floa
     device = setup(args)
     models = FactorModels.build(f, args, SpeedSettings.from_args(args, device))
     cases = models.cases()
-    probe = MemoryProbe(device)
-    probe.start()
+    if device.type == "cpu" and not cpu_peak_resettable():
+        raise UserError("measuring CPU peak memory needs Linux's /proc/self/clear_refs; allowed elsewhere: --no-memory")
+    memory = PeakMemory(device)
     for stage in (("encode", "train") if phase == "train" else ("sample", "decode")):
         cases[stage]()
-    return probe.peak_above_start_mb()
+    peak, start = memory.peak_mb(), memory.start_mb
+    assert peak is not None and start is not None  # CUDA, or a CPU whose peak resets (checked above)
+    return peak - start
 
 
 def measure_peak_memory(args: argparse.Namespace, device: torch.device) -> dict[tuple[int, Phase], float]:

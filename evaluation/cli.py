@@ -20,6 +20,13 @@ def _extractors(text: str) -> list[str]:
     return names
 
 
+def _scales(text: str) -> list[float]:
+    try:
+        return [float(scale) for scale in text.split(",")]
+    except ValueError:
+        raise UserError(f"--guidance-sweep '{text}' is not a comma-separated list of numbers, e.g. 1,2,4") from None
+
+
 def eval_command(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A diffusion.pt from `ldm train`."),
     num_samples: Optional[int] = typer.Option(None, "--num-samples", "-n", help="Generated images (default: config)."),
@@ -39,17 +46,17 @@ def eval_command(
     """
     from evaluation.experiment import evaluate_experiment
     from evaluation.report_card import format_metrics_table
+    from ldm.config import Override
     from ldm.paths import resolve_workdir
     from ldm.tracking.runs import active_run_tracker
 
     if not checkpoint.is_file():
         raise UserError(f"checkpoint '{checkpoint}' does not exist; give a diffusion.pt written by `ldm train`")
-    extractors = _extractors(extractor) if extractor else None
-    overrides = [f"{key}={value}" for key, value in {
+    overrides = [Override(path, value) for path, value in {
         "evaluation.num_samples": num_samples, "evaluation.seed": seed, "diffusion.sampling.steps": steps,
         "diffusion.sampling.eta": eta, "diffusion.sampling.guidance_scale": guidance,
-        "evaluation.extractors": f"[{', '.join(extractors)}]" if extractors else None,
-        "evaluation.guidance_scales": f"[{guidance_sweep}]" if guidance_sweep else None,
+        "evaluation.extractors": _extractors(extractor) if extractor else None,
+        "evaluation.guidance_scales": _scales(guidance_sweep) if guidance_sweep else None,
         "evaluation.inception_weights": inception_weights,
     }.items() if value is not None]
     workdir = resolve_workdir()

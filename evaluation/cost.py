@@ -1,17 +1,13 @@
-"""What a model costs: parameters, forward FLOPs, wall-clock throughput and peak memory."""
+"""What a model costs: parameters, forward FLOPs and peak memory (throughput is timed where the work runs)."""
 
 from __future__ import annotations
 
-import resource
-import sys
-import time
-from collections.abc import Callable
+import re
+from pathlib import Path
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
-
-from ldm.errors import UserError
 
 
 def parameters_m(module: nn.Module | None) -> float:
@@ -34,47 +30,44 @@ def forward_gflops(module: nn.Module, *inputs: torch.Tensor, **kwargs: object) -
     return counter.get_total_flops() / 1e9
 
 
-def _synchronize() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+class PeakMemory:
+    """Peak memory of what runs after this is made, not of the process so far (a trial trains before it evaluates).
+
+    CUDA: peak allocated tensor memory, from a reset of torch's peak statistics. CPU: peak resident set size, from
+    a reset of the kernel's high-water mark (Linux, proc(5) clear_refs); elsewhere it cannot be reset, and the peak
+    is unknown (None). Memory already held at the start (model, libraries) counts; `start_mb` is that level.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.start_mb: float | None = None
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            self.start_mb = torch.cuda.memory_allocated(device) / 2**20
+        elif cpu_peak_resettable():
+            _CLEAR_REFS.write_text(_RESET_PEAK_RSS)
+            self.start_mb = _status_mb("VmRSS")
+
+    def peak_mb(self) -> float | None:
+        """The peak since construction, in MiB; None on a CPU whose peak could not be reset."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        return _status_mb("VmHWM") if self.start_mb is not None else None
 
 
-def items_per_second(step: Callable[[], object], items_per_step: int, *, steps: int, warmup: int = 1) -> float:
-    """Wall-clock throughput of `step`, after `warmup` untimed calls (allocator, cuDNN autotune, compilation)."""
-    if steps < 1 or warmup < 0:
-        raise UserError(f"throughput needs steps >= 1 and warmup >= 0; got steps={steps}, warmup={warmup}")
-    for _ in range(warmup):
-        step()
-    _synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    _synchronize()
-    return items_per_step * steps / (time.perf_counter() - start)
+_STATUS, _CLEAR_REFS = Path("/proc/self/status"), Path("/proc/self/clear_refs")
+_RESET_PEAK_RSS = "5"  # proc(5): writing 5 to clear_refs resets the peak RSS (VmHWM) to the current RSS
 
 
-def sampling_images_per_s(generate: Callable[[int], torch.Tensor], batch_size: int, *, batches: int = 2,
-                          warmup: int = 1) -> float:
-    """Images per second of `generate(batch_size)`, which must include decoding latents to images."""
-    return items_per_second(lambda: generate(batch_size), batch_size, steps=batches, warmup=warmup)
+def cpu_peak_resettable() -> bool:
+    """Whether this system can reset the process's peak resident set size (Linux can)."""
+    return _CLEAR_REFS.exists()
 
 
-def training_images_per_s(train_step: Callable[[], object], batch_size: int, *, steps: int = 5,
-                          warmup: int = 1) -> float:
-    """Images per second of an optimisation step (forward, backward, update) on `batch_size` images."""
-    return items_per_second(train_step, batch_size, steps=steps, warmup=warmup)
-
-
-def reset_peak_memory(device: torch.device) -> None:
-    """Start a new CUDA peak; a process's max RSS (the CPU measure) cannot be reset."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """CUDA: peak allocated tensor memory since the last reset. CPU: the whole process's max resident set size."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    # ru_maxrss is in kilobytes on Linux and in bytes on macOS.
-    return max_rss / 2**20 if sys.platform == "darwin" else max_rss / 2**10
+def _status_mb(field: str) -> float:
+    match = re.search(rf"^{field}:\s+(\d+) kB", _STATUS.read_text(), re.MULTILINE)
+    if match is None:
+        raise RuntimeError(f"{_STATUS} has no {field} line")
+    return int(match.group(1)) / 1024

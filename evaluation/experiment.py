@@ -8,14 +8,14 @@ from pathlib import Path
 
 import torch
 
-from evaluation.cost import forward_gflops, parameters_m, peak_memory_mb
+from evaluation.cost import PeakMemory, forward_gflops, parameters_m
 from evaluation.extractors import FidelityExtractor, UInt8Images, to_uint8_rgb
 from evaluation.extractors.domain import load_domain_extractor
 from evaluation.generation import (ReferenceSet, compute_generation_metrics, conditioning_accuracy,
                                    fidelity_metrics, reference_set, resolve_extractor)
 from evaluation.reconstruction import compute_reconstruction_metrics
 from evaluation.report_card import META_KEY, MetricsReport, metric_values, write_metrics_json
-from ldm.config import EvaluationConfig, ExperimentConfig, SamplingConfig, build_config
+from ldm.config import EvaluationConfig, ExperimentConfig, Override, SamplingConfig, build_config
 from ldm.data.registry import build_dataset
 from ldm.diffusion.conditioning import ConditionInputs, EvaluationConditions
 from ldm.tracking import NullTracker, Tag, Tracker
@@ -101,16 +101,17 @@ def cost_metrics(pipeline: LatentDiffusionPipeline) -> dict[str, float]:
 
 
 def evaluate_experiment(cfg: ExperimentConfig | None, checkpoint: Path, workdir: Path,
-                        tracker: Tracker | None = None, *, overrides: Sequence[str] = (),
+                        tracker: Tracker | None = None, *, overrides: Sequence[Override] = (),
                         out: Path | None = None) -> MetricsReport:
     """Every metric of a trained `diffusion.pt`: written to `metrics.json` beside it (or `out`) and to the tracker.
 
-    `cfg` defaults to the checkpoint's own config, with dotted `overrides` (e.g. `evaluation.num_samples=1000`).
+    `cfg` defaults to the checkpoint's own config, with `overrides` (e.g. `Override("evaluation.num_samples", 1000)`).
     """
     tracker = tracker or NullTracker()
-    pipeline = LatentDiffusionPipeline.from_checkpoint(checkpoint,
-                                                       device=resolve_device(cfg.training.device if cfg else "auto"))
-    cfg = build_config((cfg or pipeline.config).model_dump(mode="json"), list(overrides))
+    device = resolve_device(cfg.training.device if cfg else "auto")
+    memory = PeakMemory(device)  # from here: the peak of this evaluation, the model included, not of training
+    pipeline = LatentDiffusionPipeline.from_checkpoint(checkpoint, device=device)
+    cfg = build_config((cfg or pipeline.config).model_dump(mode="json"), overrides)
     evaluation, sampling = cfg.evaluation, cfg.diffusion.sampling
     conditions = draw_conditions(pipeline, evaluation, workdir)
 
@@ -129,7 +130,7 @@ def evaluate_experiment(cfg: ExperimentConfig | None, checkpoint: Path, workdir:
     reconstruction = compute_reconstruction_metrics(pipeline.first_stage, cfg.data, evaluation, workdir)
     report.update(metric_values(reconstruction))
     report.update(cost_metrics(pipeline))
-    report["peak_memory_mb"] = peak_memory_mb(pipeline.device)
+    report["peak_memory_mb"] = memory.peak_mb()
     report[META_KEY] = meta
 
     path = out or Path(checkpoint).parent / "metrics.json"

@@ -10,20 +10,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import pandas as pd
 import torch
 import torch_fidelity
 from torch.utils.data import Dataset
 
 from evaluation.extractors import FidelityExtractor, UInt8Images, check_uint8_rgb, data_identity
-from evaluation.extractors.domain import DomainFeatureExtractor, load_domain_extractor, resolve_domain
+from evaluation.extractors.domain import DomainFeatureExtractor, resolve_domain
 from evaluation.extractors.inception import resolve_inception
-from evaluation.report_card import META_KEY, MetricsReport, metric_values
+from evaluation.report_card import META_KEY, MetricsReport
 from ldm.config import DataConfig, EvaluationConfig, ExtractorName, Split
 from ldm.data.base import ImageDataset
 from ldm.data.registry import build_dataset
@@ -183,25 +182,3 @@ def conditioning_accuracy(images: torch.Tensor, requested_labels: torch.Tensor,
                         f"allowed: the same non-zero number")
     predicted = classifier.classify(images)
     return 100.0 * (predicted == requested_labels.cpu()).float().mean().item()
-
-
-def sample_labels_like_dataset(dataset: ImageDataset, n: int, generator: torch.Generator) -> torch.Tensor:
-    """`n` labels drawn with the dataset's label frequencies (so class-conditional samples match its mix)."""
-    if dataset.labels is None or len(dataset.labels) == 0:
-        raise UserError(f"dataset {type(dataset).__name__} has no labels to sample from; allowed: a labelled dataset")
-    counts = torch.bincount(dataset.labels, minlength=dataset.num_classes)
-    return torch.multinomial(counts.double(), n, replacement=True, generator=generator)
-
-
-def guidance_sweep(generate: Callable[[float], tuple[torch.Tensor, torch.Tensor]], scales: Sequence[float],
-                   data: DataConfig, evaluation: EvaluationConfig, workdir: Path) -> pd.DataFrame:
-    """One row per guidance scale: its generation metrics and conditioning accuracy (`generate(scale)` gives
-    uint8 images and the labels they were asked for)."""
-    classifier = load_domain_extractor(data, workdir)
-    rows: list[dict[str, Any]] = []
-    for scale in scales:
-        images, labels = generate(scale)
-        report = compute_generation_metrics(images, data, evaluation, workdir)
-        rows.append({"guidance_scale": scale, **metric_values(report),
-                     "cond_accuracy": conditioning_accuracy(images, labels, classifier)})
-    return pd.DataFrame(rows)

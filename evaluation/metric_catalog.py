@@ -55,6 +55,8 @@ CATALOG: dict[str, MetricInfo] = {
         MetricInfo("unet_gflops", "minimize", "UNet GFLOPs"),
         MetricInfo("sample_images_per_s", "maximize", "Sampling", "img/s"),
         MetricInfo("train_images_per_s", "maximize", "Training", "img/s"),
+        # Of the evaluation alone, model included: peak CUDA tensor memory, or on a Linux CPU the peak resident
+        # set, both reset at its start (evaluation.cost.PeakMemory); absent on a CPU whose peak cannot reset.
         MetricInfo("peak_memory_mb", "minimize", "Peak memory", "MB"),
         MetricInfo("train_hours", "minimize", "Training time", "device-h"),
         MetricInfo("val_loss", "minimize", "Val. loss"),

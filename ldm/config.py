@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -12,9 +14,9 @@ from typing import Any, ClassVar, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ldm.data.catalog import DatasetName, dataset_provides
 from ldm.errors import ConfigError
 
-DatasetName = Literal["mnist", "shapes", "fashion-mnist", "cifar10", "celeba", "folder"]
 Split = Literal["train", "val", "test"]
 Conditioning = Literal["none", "class", "text", "concat"]
 ScheduleName = Literal["linear", "scaled_linear", "cosine", "sigmoid"]
@@ -212,7 +214,6 @@ class ExperimentConfig(Section):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> ExperimentConfig:
-        from ldm.data.registry import dataset_provides
         # Each conditioning type's class says what it needs; it is imported here because it loads torch, which
         # config files and specs should not pay for until they are validated (it imports config for types only).
         from ldm.diffusion.conditioning import conditioner_class
@@ -224,7 +225,7 @@ class ExperimentConfig(Section):
                 f"4x4 and divide evenly; allowed f: {_allowed_f(res)}"
             )
         need = conditioner_class(self.diffusion.conditioning).needs
-        provides = dataset_provides(self.data)
+        provides = dataset_provides(self.data.name, self.data.root)
         if need is not None and need not in provides:
             have = ", ".join(sorted(provides)) or "images only"
             raise ValueError(
@@ -284,26 +285,47 @@ def preset_dict(name: str) -> dict[str, Any]:
     return yaml.safe_load(resources.files("ldm.presets").joinpath(f"{name}.yaml").read_text()) or {}
 
 
-def apply_override(d: dict[str, Any], override: str) -> None:
-    """Apply one `dotted.key=value` override in place; the value is parsed as YAML."""
-    key, sep, raw = override.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"override '{override}' is not of the form section.field=value")
-    parts = key.strip().split(".")
-    node = d
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"override '{override}': '{part}' is a value, not a section")
-        node = child
-    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+@dataclass(frozen=True)
+class Override:
+    """Set the field at dotted `path` (e.g. `autoencoder.f`) to `value`, a typed value that is never re-parsed."""
+
+    path: str
+    value: Any
+
+    @classmethod
+    def parse(cls, text: str) -> Override:
+        """A command line's `section.field=value`; the value is parsed as YAML (an empty one is null)."""
+        key, sep, raw = text.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override '{text}' is not of the form section.field=value")
+        return cls(key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+
+    def apply_to(self, d: dict[str, Any]) -> None:
+        """Set the value in the raw config dict `d`, creating sections on the way."""
+        parts = self.path.split(".")
+        node = d
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override '{self}': '{part}' is a value, not a section")
+            node = child
+        node[parts[-1]] = self.value
+
+    def __str__(self) -> str:
+        # As it would be typed: strings bare, everything else in JSON (which YAML reads back the same).
+        text = self.value if isinstance(self.value, str) else json.dumps(self.value, default=str)
+        return f"{self.path}={text}"
 
 
-def build_config(base: dict[str, Any], overrides: list[str] | None = None) -> ExperimentConfig:
+def parse_overrides(texts: Iterable[str]) -> list[Override]:
+    return [Override.parse(text) for text in texts]
+
+
+def build_config(base: dict[str, Any], overrides: Sequence[Override] = ()) -> ExperimentConfig:
     """Validate a raw dict plus overrides into a config; errors become one readable ConfigError."""
     d = json.loads(json.dumps(base, default=str))
-    for o in overrides or []:
-        apply_override(d, o)
+    for override in overrides:
+        override.apply_to(d)
     try:
         return ExperimentConfig.model_validate(d)
     except ValidationError as e:
@@ -311,7 +333,7 @@ def build_config(base: dict[str, Any], overrides: list[str] | None = None) -> Ex
 
 
 def load_config(path: Path | None = None, preset: str | None = None,
-                overrides: list[str] | None = None) -> ExperimentConfig:
+                overrides: Sequence[Override] = ()) -> ExperimentConfig:
     """A config from a YAML file or a named preset (default: `tiny`), then dotted overrides."""
     if path is not None and preset is not None:
         raise ConfigError("give either a config file or a preset, not both")

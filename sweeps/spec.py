@@ -19,9 +19,11 @@ from ldm.config import (
     AutoencoderConfig,
     ExperimentConfig,
     ExtractorName,
+    Override,
     build_config,
     format_validation_error,
     load_config,
+    parse_overrides,
 )
 from ldm.errors import ConfigError, UserError
 
@@ -135,7 +137,7 @@ class BaseSpec(_SpecModel):
     overrides: list[str] = Field(default_factory=list)
 
     def load(self) -> ExperimentConfig:
-        return load_config(self.config, self.preset, self.overrides)
+        return load_config(self.config, self.preset, parse_overrides(self.overrides))
 
 
 class Objective(_SpecModel):
@@ -277,9 +279,9 @@ class SweepSpec(_SpecModel):
         return n or self.grid_size
 
     def trial_config(self, point: TrialPoint) -> ExperimentConfig:
-        # JSON is valid YAML, so every value (a string like "1" included) survives the override parser.
-        overrides = [f"{path}={json.dumps(value)}" for path, value in point.params.items()]
-        return build_config(self.base.load().model_dump(mode="json"), [*overrides, f"training.seed={point.seed}"])
+        overrides = [*(Override(path, value) for path, value in point.params.items()),
+                     Override("training.seed", point.seed)]
+        return build_config(self.base.load().model_dump(mode="json"), overrides)
 
     def objective_values(self, metrics: dict[str, float]) -> list[float]:
         """The objectives in spec order; a missing or non-finite one is an error of the trial."""

@@ -21,7 +21,8 @@ from torch_fidelity import FeatureExtractorBase
 
 from evaluation.extractors import FidelityExtractor, check_uint8_rgb, data_identity, register_once
 from ldm.config import DataConfig
-from ldm.data.registry import build_dataset, dataset_provides
+from ldm.data.catalog import dataset_provides
+from ldm.data.registry import build_dataset
 from ldm.errors import UserError
 from ldm.io import atomic_torch_save, load_checkpoint
 from ldm.paths import cache_dir
@@ -81,7 +82,7 @@ def classifier_path(data: DataConfig, workdir: Path, recipe: DomainRecipe = DEFA
 
 
 def require_labels(data: DataConfig) -> None:
-    if "label" not in dataset_provides(data):
+    if "label" not in dataset_provides(data.name, data.root):
         raise UserError(f"extractor 'domain' needs labels; dataset '{data.name}' provides none; use inception")
 
 

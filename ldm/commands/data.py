@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from ldm.commands.options import OverrideOption
-from ldm.config import Split
+from ldm.config import Override, Split, parse_overrides
 from ldm.data.registry import build_dataset, data_config, dataset_statuses
 from ldm.paths import resolve_workdir
 
@@ -40,9 +40,9 @@ def show(
     # Imported here so that the CLI starts without loading torch.
     from ldm.data.grid import dataset_grid, save_image_atomic
 
-    flags = [f"data.{key}={value}" for key, value in (("resolution", resolution), ("channels", channels))
+    flags = [Override(f"data.{key}", value) for key, value in (("resolution", resolution), ("channels", channels))
              if value is not None]
-    cfg = data_config(name, [*override, *flags])
+    cfg = data_config(name, [*parse_overrides(override), *flags])
     workdir = resolve_workdir()
     dataset = build_dataset(cfg, split, workdir)
     grid = dataset_grid(dataset, n)

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ldm.config import ExperimentConfig, load_config
+from ldm.config import ExperimentConfig, load_config, parse_overrides
 
 ConfigOption = typer.Option(None, "--config", "-c", help="Experiment YAML file.")
 PresetOption = typer.Option(None, "--preset", "-p", help="Named preset (see `ldm config presets`); default tiny.")
@@ -17,4 +17,4 @@ OverrideOption = typer.Option(
 
 
 def resolve_config(config: Optional[Path], preset: Optional[str], overrides: list[str]) -> ExperimentConfig:
-    return load_config(config, preset, overrides)
+    return load_config(config, preset, parse_overrides(overrides))

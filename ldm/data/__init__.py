@@ -1,4 +1,2 @@
-"""Datasets: one module per family (mnist, shapes, torchvision sets, folder), a registry that builds splits.
-
-Kept free of imports: `ldm.config` reaches `ldm.data.registry` while validating, and should not load torch.
-"""
+"""Datasets: one module per family (mnist, shapes, torchvision sets, folder), a catalog of what each provides and
+a registry that builds splits."""

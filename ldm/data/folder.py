@@ -21,10 +21,10 @@ from torch import Tensor
 
 from ldm.config import DataConfig, Split
 from ldm.data.base import TensorImageDataset, data_root, fit_images, pil_to_uint8, split_indices
+from ldm.data.catalog import FOLDER_CAPTIONS_FILE
 from ldm.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
-CAPTIONS_FILE = "captions.csv"
 ROOT_CLASS = "."
 
 
@@ -74,7 +74,7 @@ def index_folder(root: Path) -> FolderIndex:
         raise DataError(f"image folder '{root}' holds no images; allowed suffixes: {', '.join(IMAGE_SUFFIXES)}")
     classes = [_class_of(file) for file in files]
     class_names = sorted(set(classes))
-    captions_path = root / CAPTIONS_FILE
+    captions_path = root / FOLDER_CAPTIONS_FILE
     return FolderIndex(
         root=root,
         files=files,

@@ -10,32 +10,12 @@ from typing import TYPE_CHECKING, Any, get_args
 
 from pydantic import ValidationError
 
-from ldm.config import DataConfig, DatasetName, Section, Split, apply_override, format_validation_error
+from ldm.config import DataConfig, Override, Section, Split, format_validation_error
+from ldm.data.catalog import DATASET_NAMES, dataset_provides
 from ldm.errors import ConfigError
 
 if TYPE_CHECKING:
     from ldm.data.base import ImageDataset
-
-# What each dataset's items carry besides `image` (used to validate the conditioning type).
-PROVIDES: dict[str, frozenset[str]] = {
-    "mnist": frozenset({"label", "caption"}),
-    "fashion-mnist": frozenset({"label", "caption"}),
-    "cifar10": frozenset({"label", "caption"}),
-    "celeba": frozenset(),
-    "shapes": frozenset({"label", "caption", "mask"}),
-}
-
-
-def dataset_provides(cfg: DataConfig) -> frozenset[str]:
-    """The item keys a dataset gives; a folder gives labels from sub-folders and captions from captions.csv."""
-    if cfg.name != "folder":
-        return PROVIDES[cfg.name]
-    root = Path(cfg.root) if cfg.root else None
-    provides = {"label"}
-    if root is not None and (root / "captions.csv").is_file():
-        provides.add("caption")
-    return frozenset(provides)
-
 
 def build_dataset(cfg: DataConfig, split: Split, workdir: Path) -> ImageDataset:
     """One split of the configured dataset; items follow the `ImageDataset` contract."""
@@ -44,17 +24,16 @@ def build_dataset(cfg: DataConfig, split: Split, workdir: Path) -> ImageDataset:
     return _families()[cfg.name].build(cfg, split, Path(workdir))
 
 
-def data_config(name: str, overrides: Sequence[str] = ()) -> DataConfig:
+def data_config(name: str, overrides: Sequence[Override] = ()) -> DataConfig:
     """The data section for dataset `name` plus `data.*` overrides, as the `ldm data` commands see it."""
-    names = get_args(DatasetName)
-    if name not in names:
-        raise ConfigError(f"unknown dataset '{name}'; allowed: {', '.join(names)}")
+    if name not in DATASET_NAMES:
+        raise ConfigError(f"unknown dataset '{name}'; allowed: {', '.join(DATASET_NAMES)}")
     raw: dict[str, Any] = {"data": {"name": name}}
     for override in overrides:
-        if not override.startswith("data."):
+        if not override.path.startswith("data."):
             raise ConfigError(f"override '{override}' does not apply to a dataset; only data.* fields do, "
                               "e.g. -o data.root=DIR")
-        apply_override(raw, override)
+        override.apply_to(raw)
     try:
         return _DataSection.model_validate(raw).data
     except ValidationError as e:
@@ -77,7 +56,7 @@ def dataset_statuses(workdir: Path) -> list[DatasetStatus]:
     for name, family in _families().items():
         cfg = DataConfig(name=name)
         offline, detail = family.offline_status(cfg, workdir)
-        statuses.append(DatasetStatus(name, dataset_provides(cfg), offline, detail))
+        statuses.append(DatasetStatus(name, dataset_provides(cfg.name, cfg.root), offline, detail))
     return statuses
 
 
@@ -94,7 +73,7 @@ class _Family:
 
 
 def _families() -> dict[str, _Family]:
-    # Imported here: config validation imports this module (dataset_provides) and should not pay for torch.
+    # Imported here so that `ldm data list` and `data_config` start without loading torch.
     from ldm.data import folder, mnist, shapes
     from ldm.data import torchvision_sets as tv
 

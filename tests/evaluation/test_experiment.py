@@ -9,27 +9,18 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from evaluation.cost import cpu_peak_resettable
 from evaluation.experiment import draw_conditions, evaluate_experiment, generate_timed, intermediate_fid
 from evaluation.extractors.domain import load_domain_extractor
 from evaluation.generation import conditioning_accuracy
 from evaluation.metric_catalog import metric_info
-from ldm.config import load_config
+from ldm.config import Override, load_config
 from ldm.diffusion.conditioning import ConditionInputs
 from ldm.paths import WORKDIR_ENV
 from ldm.tracking import NullTracker
 from ldm.training.diffusion_stage import train_diffusion
 from ldm.training.pipeline import LatentDiffusionPipeline
 from ldm_cli.main import app
-
-TINY = [
-    "data.name=shapes", "data.shapes_count=2000", "data.resolution=16", "training.device=cpu",
-    "autoencoder.f=2", "autoencoder.latent_channels=2", "autoencoder.base_channels=8", "autoencoder.channel_mult=[1]",
-    "diffusion.unet.base_channels=8", "diffusion.unet.channel_mult=[1]", "diffusion.unet.attention_resolutions=[]",
-    "diffusion.unet.context_dim=8", "diffusion.sampling.steps=2",
-    "evaluation.num_samples=20", "evaluation.kid_subset_size=10", "evaluation.batch_size=20",
-    *(f"training.{stage}.{key}" for stage in ("autoencoder", "diffusion") for key in (
-        "steps=4", "batch_size=8", "log_every=2", "checkpoint_every=4", "image_every=4", "warmup_steps=1")),
-]
 
 
 @pytest.fixture(scope="module")
@@ -39,13 +30,14 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def class_model(workdir: Path) -> Path:
-    return train_diffusion(load_config(preset="tiny", overrides=[*TINY, "diffusion.conditioning=class"]), workdir)
+    cfg = load_config(preset="micro", overrides=[Override("diffusion.conditioning", "class")])
+    return train_diffusion(cfg, workdir)
 
 
 def test_every_metric_family_with_guidance_and_ddim_variants(class_model: Path, workdir: Path) -> None:
     out = workdir / "class-metrics.json"
     report = evaluate_experiment(None, class_model, workdir, overrides=[
-        "evaluation.guidance_scales=[1.0, 3.0]", "evaluation.ddim_steps=[1]"], out=out)
+        Override("evaluation.guidance_scales", [1.0, 3.0]), Override("evaluation.ddim_steps", [1])], out=out)
     written = json.loads(out.read_text())
     assert set(written) == set(report)
     for name in ["fid_domain", "kid_domain", "precision_domain", "recall_domain", "is_domain", "cond_accuracy",
@@ -55,10 +47,29 @@ def test_every_metric_family_with_guidance_and_ddim_variants(class_model: Path, 
         assert isinstance(written[name], float), name
         metric_info(name)  # every logged name is a catalog metric or one of its variants
     assert 0.0 <= written["cond_accuracy"] <= 100.0
+    # Guidance variants sample the same conditions with the same seed: at the base scale they repeat its numbers.
+    assert written["g1/fid_domain"] == written["fid_domain"]
+    assert written["g1/cond_accuracy"] == written["cond_accuracy"]
     assert written["params_cond"] > 0
     meta = written["meta"]
     assert meta["num_samples"] == 20 and meta["steps"] == 2 and "domain" in meta["extractor_weights"]
     assert "kid_subset_size" in meta
+
+
+def test_peak_memory_is_the_evaluations_not_the_processes(class_model: Path, workdir: Path) -> None:
+    if torch.cuda.is_available() or not cpu_peak_resettable():
+        pytest.skip("needs a CPU evaluation whose peak resets (Linux); tests/evaluation/test_cost.py covers CUDA")
+    earlier = torch.ones(1024 * 2**20 // 4)  # 1 GiB, as a trial's training holds before its evaluation
+    del earlier
+    process_peak = _vm_hwm_mb()
+    report = evaluate_experiment(None, class_model, workdir, out=workdir / "memory.json")
+    assert report["peak_memory_mb"] < process_peak - 512
+
+
+def _vm_hwm_mb() -> float:
+    """The kernel's high-water mark of this process's resident set."""
+    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
 
 
 def test_same_seed_same_numbers(class_model: Path, workdir: Path) -> None:
@@ -69,7 +80,7 @@ def test_same_seed_same_numbers(class_model: Path, workdir: Path) -> None:
 
 
 def test_text_model_is_evaluated_with_the_labels_of_its_prompts(workdir: Path) -> None:
-    checkpoint = train_diffusion(load_config(preset="tiny", overrides=[*TINY, "diffusion.conditioning=text"]),
+    checkpoint = train_diffusion(load_config(preset="micro", overrides=[Override("diffusion.conditioning", "text")]),
                                  workdir)
     pipeline = LatentDiffusionPipeline.from_checkpoint(checkpoint)
     drawn = draw_conditions(pipeline, pipeline.config.evaluation, workdir)
@@ -86,7 +97,7 @@ def test_text_model_is_evaluated_with_the_labels_of_its_prompts(workdir: Path) -
 
 
 def test_inpainting_model_is_evaluated_on_masked_reference_images(workdir: Path) -> None:
-    checkpoint = train_diffusion(load_config(preset="tiny", overrides=[*TINY, "diffusion.conditioning=concat"]),
+    checkpoint = train_diffusion(load_config(preset="micro", overrides=[Override("diffusion.conditioning", "concat")]),
                                  workdir)
     report = evaluate_experiment(None, checkpoint, workdir, out=workdir / "concat.json")
     assert report["fid_domain"] >= 0 and "cond_accuracy" not in report
@@ -95,17 +106,22 @@ def test_inpainting_model_is_evaluated_on_masked_reference_images(workdir: Path)
 def test_eval_cli_prints_the_table_and_writes_json(class_model: Path, workdir: Path) -> None:
     out = workdir / "cli.json"
     result = CliRunner().invoke(app, ["--workdir", str(workdir), "eval", "--checkpoint", str(class_model),
-                                      "--num-samples", "12", "--steps", "1", "--guidance", "2", "--out", str(out)],
+                                      "--num-samples", "12", "--steps", "1", "--guidance", "2",
+                                      "--guidance-sweep", "1,2.5", "--out", str(out)],
                                 env={WORKDIR_ENV: str(workdir)})
     assert result.exit_code == 0, result.output
     assert "FID (domain)" in result.output and f"wrote {out}" in result.output
-    meta = json.loads(out.read_text())["meta"]
+    written = json.loads(out.read_text())
+    meta = written["meta"]
     assert meta["num_samples"] == 12 and meta["steps"] == 1 and meta["guidance_scale"] == 2.0
+    assert {"g1/fid_domain", "g2.5/fid_domain"} <= written.keys()
 
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--checkpoint", "missing.pt"], "checkpoint 'missing.pt' does not exist"),
     (["--checkpoint", "{ckpt}", "--extractor", "clip"], "--extractor 'clip' is not a comma-separated list of"),
+    (["--checkpoint", "{ckpt}", "--guidance-sweep", "1,x"],
+     "--guidance-sweep '1,x' is not a comma-separated list of numbers, e.g. 1,2,4"),
 ])
 def test_eval_cli_errors(class_model: Path, workdir: Path, args: list[str], message: str) -> None:
     args = [a.replace("{ckpt}", str(class_model)) for a in args]
@@ -122,8 +138,8 @@ def test_intermediate_fid_is_logged_every_fid_every_steps(workdir: Path) -> None
         def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
             logged.append((step, metrics))
 
-    cfg = load_config(preset="tiny", overrides=[*TINY, "evaluation.fid_every=2", "evaluation.fid_every_samples=10",
-                                                "training.seed=1"])
+    cfg = load_config(preset="micro", overrides=[
+        Override("evaluation.fid_every", 2), Override("evaluation.fid_every_samples", 10), Override("training.seed", 1)])
     train_diffusion(cfg, workdir, Recorder(), on_eval=lambda name, value, step: reported.append((name, step)),
                     intermediate=intermediate_fid(workdir))
     assert [step for step, metrics in logged if "fid_domain" in metrics] == [2, 4]

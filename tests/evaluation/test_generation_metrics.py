@@ -13,17 +13,10 @@ import torch_fidelity.utils
 
 from evaluation.extractors.domain import load_domain_extractor
 from evaluation.extractors.inception import TORCHSCRIPT_NO_ISC
-from evaluation.generation import (
-    compute_generation_metrics,
-    conditioning_accuracy,
-    guidance_sweep,
-    reference_set,
-    sample_labels_like_dataset,
-)
+from evaluation.generation import compute_generation_metrics, conditioning_accuracy, reference_set
 from evaluation.metric_catalog import CATALOG
 from evaluation.report_card import META_KEY, metric_values
 from ldm.config import DataConfig, EvaluationConfig
-from ldm.data.base import TensorImageDataset
 from ldm.data.registry import build_dataset
 from ldm.errors import UserError
 
@@ -198,29 +191,3 @@ def test_conditioning_accuracy_against_true_and_wrong_labels(mnist_workdir: Path
     assert conditioning_accuracy(images, (labels + 1) % 10, classifier) <= 3.0
     with pytest.raises(UserError, match="500 images for 499 requested labels"):
         conditioning_accuracy(images, labels[:499], classifier)
-
-
-def test_labels_are_drawn_with_dataset_frequencies() -> None:
-    labels = torch.tensor([0] * 90 + [1] * 10)
-    dataset = TensorImageDataset(torch.zeros(100, 1, 8, 8, dtype=torch.uint8), source_indices=torch.arange(100),
-                                 class_names=["a", "b", "c"], labels=labels, captions=None)
-    drawn = sample_labels_like_dataset(dataset, 20000, torch.Generator().manual_seed(0))
-    frequencies = torch.bincount(drawn, minlength=3).double() / 20000
-    torch.testing.assert_close(frequencies, torch.tensor([0.9, 0.1, 0.0], dtype=torch.float64), atol=0.01, rtol=0)
-    assert torch.equal(drawn, sample_labels_like_dataset(dataset, 20000, torch.Generator().manual_seed(0)))
-    unlabelled = TensorImageDataset(torch.zeros(4, 1, 8, 8, dtype=torch.uint8), source_indices=torch.arange(4),
-                                    class_names=[], labels=None, captions=None)
-    with pytest.raises(UserError, match="has no labels to sample from"):
-        sample_labels_like_dataset(unlabelled, 5, torch.Generator())
-
-
-def test_guidance_sweep_has_a_row_per_scale(mnist_workdir: Path) -> None:
-    test = build_dataset(MNIST, "test", mnist_workdir)
-    digits = torch.stack([test.uint8_image(i) for i in range(N)]).expand(-1, 3, -1, -1)
-    outputs = {0.0: (noise_images(N), test.labels[:N]), 3.0: (digits, test.labels[:N])}
-    table = guidance_sweep(lambda scale: outputs[scale], [0.0, 3.0], MNIST, domain_eval(), mnist_workdir)
-    assert list(table["guidance_scale"]) == [0.0, 3.0]
-    assert {"fid_domain", "kid_domain", "is_domain", "cond_accuracy"} <= set(table.columns)
-    noise_row, digit_row = table.iloc[0], table.iloc[1]
-    assert digit_row["fid_domain"] < noise_row["fid_domain"]
-    assert digit_row["cond_accuracy"] >= 95.0 and noise_row["cond_accuracy"] <= 30.0

@@ -1,24 +1,25 @@
 """ExperimentConfig: round-trips, overrides, hashing and every validation message."""
 
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
-from ldm.config import ExperimentConfig, build_config, load_config, preset_dict, preset_names
+from ldm.config import ExperimentConfig, Override, build_config, load_config, parse_overrides, preset_dict, preset_names
 from ldm.errors import ConfigError
 
 
 def test_defaults_validate_and_presets_load() -> None:
     ExperimentConfig()
-    assert {"tiny", "mnist", "shapes", "paper-f4"} <= set(preset_names())
+    assert {"micro", "tiny", "mnist", "shapes", "paper-f4"} <= set(preset_names())
     for name in preset_names():
         cfg = load_config(preset=name)
         assert cfg.name == name
 
 
 def test_yaml_round_trip(tmp_path: Path) -> None:
-    cfg = load_config(preset="shapes", overrides=["autoencoder.f=8", "diffusion.schedule=cosine"])
+    cfg = load_config(preset="shapes", overrides=parse_overrides(["autoencoder.f=8", "diffusion.schedule=cosine"]))
     path = tmp_path / "c.yaml"
     cfg.save(path)
     again = load_config(path)
@@ -28,9 +29,10 @@ def test_yaml_round_trip(tmp_path: Path) -> None:
 
 
 def test_overrides_parse_yaml_values() -> None:
-    cfg = load_config(preset="mnist", overrides=["autoencoder.f=8", "autoencoder.channel_mult=[1, 2]", "diffusion.min_snr_gamma=5",
-                                 "training.autoencoder.ema_decay=null", "diffusion.zero_terminal_snr=true",
-                                 "diffusion.prediction=v_prediction"])
+    cfg = load_config(preset="mnist", overrides=parse_overrides([
+        "autoencoder.f=8", "autoencoder.channel_mult=[1, 2]", "diffusion.min_snr_gamma=5",
+        "training.autoencoder.ema_decay=null", "diffusion.zero_terminal_snr=true",
+        "diffusion.prediction=v_prediction"]))
     assert cfg.autoencoder.f == 8
     assert cfg.autoencoder.channel_mult == [1, 2]
     assert cfg.diffusion.min_snr_gamma == 5.0
@@ -40,14 +42,15 @@ def test_overrides_parse_yaml_values() -> None:
 
 def test_hash_ignores_paths_tracking_and_name_but_not_semantics() -> None:
     base = load_config()
-    same = load_config(overrides=["data.root=/elsewhere", "tracking.enabled=false", "name=other",
-                                  "training.num_workers=4", "data.download=true"])
+    same = load_config(overrides=parse_overrides(["data.root=/elsewhere", "tracking.enabled=false", "name=other",
+                                  "training.num_workers=4", "data.download=true"]))
     assert same.config_hash() == base.config_hash()
-    different = load_config(overrides=["diffusion.schedule=cosine"])
+    different = load_config(overrides=parse_overrides(["diffusion.schedule=cosine"]))
     assert different.config_hash() != base.config_hash()
     # the first stage does not depend on the diffusion settings, only on data + autoencoder + its training
     assert different.first_stage_hash() == base.first_stage_hash()
-    assert load_config(overrides=["autoencoder.latent_channels=8"]).first_stage_hash() != base.first_stage_hash()
+    wider = load_config(overrides=parse_overrides(["autoencoder.latent_channels=8"]))
+    assert wider.first_stage_hash() != base.first_stage_hash()
 
 
 @pytest.mark.parametrize(
@@ -80,13 +83,14 @@ def test_hash_ignores_paths_tracking_and_name_but_not_semantics() -> None:
 )
 def test_validation_messages(overrides: list[str], message: str) -> None:
     with pytest.raises(ConfigError) as err:
-        load_config(preset="mnist", overrides=overrides)
+        load_config(preset="mnist", overrides=parse_overrides(overrides))
     assert message in str(err.value)
 
 
 def test_conditioning_allowed_where_dataset_provides_it() -> None:
-    assert load_config(preset="shapes", overrides=["diffusion.conditioning=concat"]).diffusion.conditioning == "concat"
-    assert load_config(preset="mnist", overrides=["diffusion.conditioning=class"]).diffusion.conditioning == "class"
+    for preset, conditioning in [("shapes", "concat"), ("mnist", "class")]:
+        cfg = load_config(preset=preset, overrides=[Override("diffusion.conditioning", conditioning)])
+        assert cfg.diffusion.conditioning == conditioning
 
 
 def test_file_errors(tmp_path: Path) -> None:
@@ -96,7 +100,7 @@ def test_file_errors(tmp_path: Path) -> None:
     bad.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="must hold a mapping"):
         load_config(bad)
-    with pytest.raises(ConfigError, match="unknown preset 'nope'; allowed: mnist"):
+    with pytest.raises(ConfigError, match="unknown preset 'nope'; allowed: micro, mnist"):
         preset_dict("nope")
     with pytest.raises(ConfigError, match="either a config file or a preset"):
         load_config(bad, preset="tiny")
@@ -104,5 +108,26 @@ def test_file_errors(tmp_path: Path) -> None:
 
 def test_build_config_does_not_mutate_base() -> None:
     base = yaml.safe_load(ExperimentConfig().to_yaml())
-    build_config(base, ["autoencoder.f=8"])
+    build_config(base, parse_overrides(["autoencoder.f=8"]))
     assert base["autoencoder"]["f"] == 4
+
+
+@pytest.mark.parametrize(("path", "value"), [
+    ("data.root", Path("/mnt/runs: 2024/images")),  # as YAML text: a mapping {'/mnt/runs': '2024/images'}
+    ("name", "null"),  # as YAML text: None
+    ("name", "true"),  # as YAML text: a bool
+])
+def test_typed_overrides_keep_values_the_text_form_would_change(path: str, value: object) -> None:
+    cfg = build_config({}, [Override(path, value)])
+    assert (cfg.data.root if path == "data.root" else cfg.name) == value
+    with pytest.raises(ConfigError, match=rf"^{re.escape(path)}="):
+        build_config({}, [Override.parse(f"{path}={value}")])
+
+
+def test_override_text_is_parsed_once_and_named_in_errors() -> None:
+    assert Override.parse("autoencoder.channel_mult=[1, 2]") == Override("autoencoder.channel_mult", [1, 2])
+    assert Override.parse(" training.autoencoder.ema_decay =") == Override("training.autoencoder.ema_decay", None)
+    assert str(Override("data.name", "shapes")) == "data.name=shapes"
+    assert str(Override("autoencoder.channel_mult", [1, 2])) == "autoencoder.channel_mult=[1, 2]"
+    with pytest.raises(ConfigError, match=r"^override 'autoencoder\.f\.x=1': 'f' is a value, not a section$"):
+        build_config(ExperimentConfig().model_dump(mode="json"), [Override("autoencoder.f.x", 1)])

@@ -5,7 +5,7 @@ from pathlib import Path
 import yaml
 from typer.testing import CliRunner
 
-from ldm.config import load_config
+from ldm.config import load_config, parse_overrides
 from ldm_cli.main import app
 
 
@@ -19,7 +19,7 @@ def test_show_prints_resolved_yaml_and_hash() -> None:
     body, _, footer = result.output.rpartition("# config hash: ")
     shown = yaml.safe_load(body)
     assert shown["autoencoder"]["f"] == 8 and shown["diffusion"]["schedule"] == "cosine"
-    expected = load_config(preset="mnist", overrides=["autoencoder.f=8", "diffusion.schedule=cosine"])
+    expected = load_config(preset="mnist", overrides=parse_overrides(["autoencoder.f=8", "diffusion.schedule=cosine"]))
     assert footer.split()[0] == expected.config_hash()
 
 
@@ -44,4 +44,5 @@ def test_presets_lists_every_shipped_preset() -> None:
 def test_unknown_preset_is_one_line_without_traceback() -> None:
     result = invoke("config", "show", "-p", "imagenet")
     assert result.exit_code == 1
-    assert result.output.strip().splitlines() == ["Error: unknown preset 'imagenet'; allowed: mnist, paper-f4, shapes, tiny"]
+    assert result.output.strip().splitlines() == [
+        "Error: unknown preset 'imagenet'; allowed: micro, mnist, paper-f4, shapes, tiny"]

@@ -24,7 +24,7 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from ldm.config import build_config
+from ldm.config import Override, build_config, parse_overrides
 from ldm.tracking import flatten
 from reports.build import ReportSummary, build_report
 
@@ -113,7 +113,8 @@ class _StudyWriter:
         """One child run: every resolved config field as a param, step metrics, final metrics at the last step."""
         number = self.trials
         self.trials += 1
-        cfg = build_config({}, [*overrides, f"training.seed={seed}", f"name={self.study}-trial{number}"])
+        cfg = build_config({}, [*parse_overrides(overrides), Override("training.seed", seed),
+                                Override("name", f"{self.study}-trial{number}")])
         run = self.client.create_run(self.experiment_id, run_name=f"trial-{number}", tags={
             "mlflow.parentRunId": self.parent_id, "ldm.role": "trial", "ldm.study": self.study,
             "ldm.trial_number": str(number), "ldm.config_hash": cfg.config_hash(),

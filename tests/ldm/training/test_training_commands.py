@@ -18,14 +18,9 @@ from ldm_cli.main import app
 
 REPO = Path(__file__).resolve().parents[3]
 
-TINY = [
-    "data.name=shapes", "data.shapes_count=200", "data.resolution=16", "training.device=cpu",
-    "autoencoder.f=2", "autoencoder.base_channels=8", "autoencoder.channel_mult=[1]",
-    "diffusion.unet.base_channels=8", "diffusion.unet.channel_mult=[1]", "diffusion.unet.attention_resolutions=[]",
-    "diffusion.unet.context_dim=8", "diffusion.conditioning=class",
-    "training.autoencoder.steps=3", "training.diffusion.steps=3",
-    "training.autoencoder.batch_size=8", "training.diffusion.batch_size=8",
-]
+# The micro preset, class-conditional, on fewer images and steps.
+MICRO = ["data.shapes_count=200", "diffusion.conditioning=class", "training.autoencoder.steps=3",
+         "training.diffusion.steps=3"]
 
 
 def ldm(workdir: Path, *args: str) -> Result:
@@ -34,7 +29,7 @@ def ldm(workdir: Path, *args: str) -> Result:
 
 
 def overrides(*extra: str) -> list[str]:
-    return [arg for override in (*TINY, *extra) for arg in ("-o", override)]
+    return ["--preset", "micro", *(arg for override in (*MICRO, *extra) for arg in ("-o", override))]
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +167,7 @@ def test_tracked_training_logs_one_mlflow_run(tmp_path: Path) -> None:
     assert run.data.tags["ldm.device"] == "cpu"
     assert run.data.tags["ldm.first_stage_hash"]
     history = client.get_metric_history(run.info.run_id, "ae/loss")
-    assert [m.step for m in history] == [3]  # log_every 25 > steps: logged at the last step only
+    assert [m.step for m in history] == [2, 3]  # every log_every=2 steps, and at the last
 
 
 def test_training_into_a_deleted_experiment_is_a_one_line_error(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from ldm.config import ExperimentConfig, StageTrainingConfig, load_config
+from ldm.config import ExperimentConfig, Override, StageTrainingConfig, load_config
 from ldm.errors import DataError
 from ldm.tracking import NullTracker, Tracker
 from ldm.training import DivergedError
@@ -79,8 +79,7 @@ class RecordingTracker(NullTracker):
 def toy_config(**diffusion: Any) -> ExperimentConfig:
     settings = {"steps": 12, "batch_size": 8, "lr": 0.05, "warmup_steps": 3, "checkpoint_every": 5,
                 "log_every": 2, "image_every": 6, "val_batches": 2, "ema_decay": 0.9, **diffusion}
-    return load_config(preset="tiny", overrides=[f"training.diffusion.{k}={'null' if v is None else v}"
-                                                 for k, v in settings.items()])
+    return load_config(preset="tiny", overrides=[Override(f"training.diffusion.{k}", v) for k, v in settings.items()])
 
 
 def toy_stage(path: Path, cfg: ExperimentConfig, train_size: int = 20) -> Stage:

@@ -11,7 +11,7 @@ import torch
 import yaml
 from PIL import Image
 
-from ldm.config import ExperimentConfig, load_config
+from ldm.config import ExperimentConfig, load_config, parse_overrides
 from ldm.data.registry import build_dataset
 from ldm.diffusion.conditioning import ConditionInputs
 from ldm.errors import UserError
@@ -22,18 +22,16 @@ from ldm.training.autoencoder_stage import first_stage_checkpoint, load_first_st
 from ldm.training.diffusion_stage import run_dir, train_diffusion
 from ldm.training.pipeline import LatentDiffusionPipeline
 
-TINY = [
-    "data.name=shapes", "data.shapes_count=200", "data.resolution=16", "training.device=cpu",
-    "autoencoder.f=2", "autoencoder.latent_channels=2", "autoencoder.base_channels=8", "autoencoder.channel_mult=[1]",
-    "diffusion.unet.base_channels=8", "diffusion.unet.channel_mult=[1]", "diffusion.unet.attention_resolutions=[]",
-    "diffusion.unet.context_dim=8", "diffusion.sampling.steps=2",
+# The micro preset on fewer images, with enough steps for two checkpoints and logs at every step.
+MICRO = [
+    "data.shapes_count=200",
     *(f"training.{stage}.{key}" for stage in ("autoencoder", "diffusion") for key in (
-        "steps=6", "batch_size=8", "log_every=1", "checkpoint_every=3", "image_every=3", "warmup_steps=2")),
+        "steps=6", "log_every=1", "checkpoint_every=3", "image_every=3", "warmup_steps=2")),
 ]
 
 
 def tiny(*overrides: str) -> ExperimentConfig:
-    return load_config(preset="tiny", overrides=[*TINY, *overrides])
+    return load_config(preset="micro", overrides=parse_overrides([*MICRO, *overrides]))
 
 
 class Recorder(NullTracker):
@@ -169,7 +167,7 @@ def test_diffusion_run_folder_and_metrics(trained: dict[str, Any]) -> None:
     cfg, tracker, evals = trained["trackers"]["class"]
     path = trained["class"]
     assert path == run_dir(cfg, trained["workdir"]) / "diffusion.pt"
-    assert path.parent.name == f"tiny-{cfg.config_hash()}"
+    assert path.parent.name == f"micro-{cfg.config_hash()}"
     assert load_config(path.parent / "config.yaml") == cfg
     assert yaml.safe_load(torch.load(path, weights_only=True)["config"]) == cfg.model_dump(mode="json")
     assert Image.open(path.parent / "samples.png").size[0] > 0
