@@ -13,7 +13,9 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner, Result
 
+from ldm.data.grid import make_grid_image
 from ldm.paths import WORKDIR_ENV
+from ldm.training.pipeline import LatentDiffusionPipeline
 from ldm_cli.main import app
 
 REPO = Path(__file__).resolve().parents[3]
@@ -66,10 +68,15 @@ def test_sample_writes_a_grid_and_single_images(trained: tuple[Path, Path, Path]
     result = ldm(workdir, "sample", "--checkpoint", str(diffusion), "--n", "3", "--steps", "2", "--label", "1",
                  "--guidance", "2.0", "--seed", "3", "--out", str(out), "--save-individual", str(single))
     assert result.exit_code == 0, result.output
-    assert Image.open(out).size[0] > 0
     assert sorted(p.name for p in single.iterdir()) == ["00000.png", "00001.png", "00002.png"]
     tile = Image.open(single / "00000.png")
     assert tile.size == (16, 16) and tile.mode == "L"  # native size and channels, not a grid tile
+    # The grid is exactly those three images, captioned with the class they were asked for.
+    pixels = torch.stack([torch.from_numpy(np.array(Image.open(single / f"0000{i}.png")))[None] for i in range(3)])
+    class_name = LatentDiffusionPipeline.from_checkpoint(diffusion).dataset.class_names[1]
+    expected = make_grid_image(pixels, [class_name] * 3, ncol=8)
+    grid = Image.open(out).convert("RGB")
+    assert grid.size == expected.size and grid.tobytes() == expected.tobytes()
     again = tmp_path / "again"
     ldm(workdir, "sample", "--checkpoint", str(diffusion), "--n", "3", "--steps", "2", "--label", "1",
         "--guidance", "2.0", "--seed", "3", "--out", str(tmp_path / "grid2.png"), "--save-individual", str(again))

@@ -107,7 +107,8 @@ def test_autoencoder_outputs_and_logged_metrics(tmp_path: Path) -> None:
     metrics = json.loads(path.with_name("metrics.json").read_text())
     assert set(metrics) == {"psnr", "ssim", "mse", "bpp", "latent_ratio"}
     assert metrics["latent_ratio"] == pytest.approx(2 * 8 * 8 / (16 * 16))  # c h w / (C H W), grayscale
-    assert Image.open(path.with_name("reconstructions.png")).size[0] > 0
+    # 8 originals over their 8 reconstructions, 16 px tiles upscaled to 64 px, 2 px padding.
+    assert Image.open(path.with_name("reconstructions.png")).size == (8 * (64 + 2) + 2, 2 * (64 + 2) + 2)
     logged = {"ae/loss", "ae/lr", "ae/images_per_s", "ae/val_loss", "ae/rec_loss", "ae/kl", "psnr"}
     assert logged <= tracker.metrics.keys()
     assert [s for s, _ in tracker.metrics["ae/loss"]] == [1, 2, 3, 4, 5, 6]
@@ -170,7 +171,7 @@ def test_diffusion_run_folder_and_metrics(trained: dict[str, Any]) -> None:
     assert path.parent.name == f"micro-{cfg.config_hash()}"
     assert load_config(path.parent / "config.yaml") == cfg
     assert yaml.safe_load(torch.load(path, weights_only=True)["config"]) == cfg.model_dump(mode="json")
-    assert Image.open(path.parent / "samples.png").size[0] > 0
+    assert Image.open(path.parent / "samples.png").width == 8 * (64 + 2) + 2  # 8 columns of 64 px tiles
     first_stage = trained["first_stage"]
     assert (path.parent / "checkpoints.txt").read_text() == f"first_stage: {first_stage}\ndiffusion: {path}\n"
     assert tracker.artifacts == ["reconstructions.png", "config.yaml", "samples.png", "checkpoints.txt"]
