@@ -1,5 +1,7 @@
 """Conditioners: outputs per type, null conditions, condition dropout and the builder's errors."""
 
+import subprocess
+import sys
 from typing import get_args
 
 import pytest
@@ -143,3 +145,10 @@ def test_builder_errors_name_the_bad_value() -> None:
         build_conditioner(config("text"), DatasetInfo(tokenizer=saved))
     with pytest.raises(ValueError, match="needs DatasetInfo.latent_shape"):
         build_conditioner(config("concat"), DatasetInfo())
+
+
+def test_the_conditioners_import_no_config_so_config_can_ask_them_without_a_cycle() -> None:
+    probe = ("import sys, ldm.diffusion.conditioning; "
+             "print(sorted(m for m in sys.modules if m == 'ldm.config' or m.startswith('ldm.data')))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "[]"
