@@ -28,7 +28,6 @@ from pydantic import BaseModel
 
 from ldm.errors import UserError
 from ldm.io import atomic_write_text
-from ldm.tracking import Tag
 from ldm.tracking.runs import resolve_tracking_uri
 from sweeps import runs
 from sweeps.objective import Reporter, TrialFn, run_trial
@@ -254,8 +253,9 @@ def run_sweep(spec: SweepSpec, workdir: Path, n_trials: int | None = None, worke
     finally:
         _recover(job, store, study, log)
         best = pareto_front(study)
-        runs.close_study_run(tracking, run_status, {Tag.BEST_TRIALS: ",".join(str(t.number) for t in best)})
-    states = dict(Counter(t.state.name for t in study.get_trials(deepcopy=False)))
+        trials = study.get_trials(deepcopy=False)
+        runs.close_study_run(tracking, run_status, trials, best)
+    states = dict(Counter(t.state.name for t in trials))
     return StudySummary(spec.name, location, tracking.tracking_uri, tracking.parent_run_id, objective_names(study),
                         states, best, time.monotonic() - started, stop.requested)
 
