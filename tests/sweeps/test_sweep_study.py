@@ -228,13 +228,19 @@ def test_each_worker_gets_its_own_gpu_when_several_are_visible(monkeypatch):
     assert worker_env(1, ["0"])["CUDA_VISIBLE_DEVICES"] == "0"
 
 
-def test_timeout_stops_claiming_new_trials(workdir, monkeypatch):
-    monkeypatch.setenv("SWEEP_FAKE_SLEEP", "0.5")
-    spec = parse_spec({"name": "timed", "base": {"preset": "tiny"}, "sampler": "random", "timeout_s": 0.2,
-                       "objectives": [{"metric": "fid_domain"}],
+def test_timeout_stops_claiming_new_trials(workdir):
+    spec = parse_spec({"name": "timed", "base": {"preset": "tiny"}, "sampler": "random", "timeout_s": 60,
+                       "n_trials": 3, "objectives": [{"metric": "fid_domain"}],
                        "space": {"autoencoder.latent_channels": {"type": "int", "low": 1, "high": 8}}})
+    now = [1_000_000.0]  # the sweep's clock, advanced by the trial alone: machine speed cannot matter
+
+    def outlasting_trial(cfg, workdir, tracker, report):
+        now[0] += spec.timeout_s + 1
+        return quick_trial(cfg, workdir, tracker, report)
+
     # The deadline passes during the first trial, which finishes; no second trial starts.
-    assert run_sweep(spec, workdir, trial_fn=quick_trial, log=quiet).states == {"COMPLETE": 1}
+    assert run_sweep(spec, workdir, trial_fn=outlasting_trial, log=quiet, clock=lambda: now[0]).states \
+        == {"COMPLETE": 1}
 
 
 def test_unusable_tracking_uri_is_a_user_error_before_any_trial(workdir, tmp_path):
