@@ -19,6 +19,8 @@ from ldm.tracking import MlflowTracker, Role, Tag
 from ldm.tracking.runs import artifact_root, describe_run, experiment_id, start_run
 from sweeps.spec import SweepSpec
 
+SPEC_ARTIFACT = "spec.yaml"  # the spec as the parent run logs it; reports read the study's design from it
+
 
 def mlflow_ui_command(tracking_uri: str, workdir: Path, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri]

@@ -238,7 +238,7 @@ def run_sweep(spec: SweepSpec, workdir: Path, n_trials: int | None = None, worke
     store = open_storage(location)
     study = open_study(spec, store)
     tracking = runs.open_study_tracking(resolve_tracking_uri(workdir, tracking_uri), workdir, spec,
-                                        directory / "spec.yaml")
+                                        directory / runs.SPEC_ARTIFACT)
     job = WorkerJob(spec=spec, workdir=workdir, storage=location, tracking=tracking, budget=budget,
                     deadline=clock() + spec.timeout_s if spec.timeout_s else None, trial_fn=fn_path)
     stop = StopSignals()
