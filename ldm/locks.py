@@ -20,8 +20,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 HEARTBEAT_S = 5.0
-# Long against the heartbeat: a busy or briefly paused owner must not be mistaken for a dead one.
-GRACE_S = 60.0
+# Long against the heartbeat: a busy or paused owner must not be mistaken for a dead one, and NFS clients
+# may see an mtime up to a minute old (attribute caching, `acregmax`).
+GRACE_S = 300.0
 POLL_S = 0.5
 
 log = logging.getLogger(__name__)
