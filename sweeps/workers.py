@@ -189,8 +189,10 @@ def _reporter(spec: SweepSpec, trial: optuna.Trial) -> Reporter:
 
 
 def run_worker(job: WorkerJob, trial_fn: TrialFn, stop: StopSignals, log: Log, clock: Clock = time.time) -> None:
-    """Claim and run trials until the budget, the grid or the time (`job.deadline` on `clock`) is used up, or a
-    stop is requested."""
+    """Claim and run trials until the budget, the grid or the time is used up, or a stop is requested.
+
+    The time is up once `clock()` reaches `job.deadline`.
+    """
     study = load_study(job.spec.name, open_storage(job.storage), job.spec)
     directory = study_dir(job.workdir, job.spec.name)
     with worker_identity(directory) as owner:
