@@ -2,8 +2,9 @@
 
 The file is created with `O_CREAT | O_EXCL` (atomic locally and on NFS v3+), names its owner's host and
 pid, and has its mtime touched by a heartbeat thread while held. Waiters poll; one whose owner's heartbeat
-is older than the grace period takes the lock over (the owner died) and logs that it does. Only mtimes are
-compared, so this works across machines as long as their clocks agree to well within the grace period.
+is older than the grace period takes the lock over (the owner died) and logs that it does. Across machines
+only mtimes are compared, so their clocks must agree to well within the grace period; an owner on the
+waiter's own machine whose process has ended is taken over at once.
 """
 
 from __future__ import annotations
@@ -69,8 +70,9 @@ def _acquire(path: Path, grace_s: float, poll_s: float) -> int:
             seen = os.stat(path)
         except FileNotFoundError:
             continue  # released between our two calls
-        if time.time() - seen.st_mtime > grace_s:
-            _take_over(path, seen, grace_s)
+        why = _why_dead(path, seen, grace_s)
+        if why is not None:
+            _take_over(path, seen, why)
             continue
         if not announced:
             log.info("waiting for %s, held by %s", path, _read(path))
@@ -78,7 +80,32 @@ def _acquire(path: Path, grace_s: float, poll_s: float) -> int:
         time.sleep(poll_s)
 
 
-def _take_over(path: Path, seen: os.stat_result, grace_s: float) -> None:
+def _why_dead(path: Path, seen: os.stat_result, grace_s: float) -> str | None:
+    """Why the owner of the lock `seen` is gone, or None while it may be alive."""
+    age = time.time() - seen.st_mtime
+    if age > grace_s:
+        return f"its heartbeat is {age:.0f} s old (grace {grace_s:.0f} s)"
+    # An owner on this machine can be asked directly, so a rerun after a kill need not wait out the grace.
+    try:
+        owner = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None  # released, or its owner has not written its name yet
+    if owner.get("host") != socket.gethostname() or _process_exists(int(owner["pid"])):
+        return None
+    return f"its process {owner['pid']} on this machine has ended"
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def _take_over(path: Path, seen: os.stat_result, why: str) -> None:
     """Remove the stale lock `seen`, unless another waiter replaced it first; the caller then competes anew."""
     # Renaming to a name of our own picks exactly one file; checking its inode tells whether it was the stale one.
     tomb = path.with_name(f"{path.name}.stale-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
@@ -92,8 +119,7 @@ def _take_over(path: Path, seen: os.stat_result, grace_s: float) -> None:
         with contextlib.suppress(FileExistsError):
             os.link(tomb, path)
     else:
-        log.warning("taking over %s from %s: its heartbeat is %.0f s old (grace %.0f s), so its owner is gone",
-                    path, _read(tomb), time.time() - seen.st_mtime, grace_s)
+        log.warning("taking over %s from %s: %s", path, _read(tomb), why)
     os.unlink(tomb)
 
 

@@ -56,7 +56,17 @@ def test_processes_needing_one_first_stage_train_it_once_and_share_it(tmp_path: 
     assert not lock_file(path.parent).exists()
 
 
-def test_lock_of_a_dead_owner_is_taken_over(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def train_taking_over(cfg, workdir: Path, caplog: pytest.LogCaptureFixture) -> str:
+    """Train the first stage, which has to take over its lock; returns the take-over warning."""
+    with caplog.at_level(logging.WARNING, logger="ldm.locks"):
+        path = train_autoencoder(cfg, workdir)
+    assert is_finished(path) and not lock_file(path.parent).exists()
+    [record] = [r for r in caplog.records if "taking over" in r.getMessage()]
+    return record.getMessage()
+
+
+def test_lock_of_a_killed_process_on_this_machine_is_taken_over_at_once(tmp_path: Path,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
     cfg = load_config(preset="micro", overrides=parse_overrides(OVERRIDES))
     workdir = tmp_path / "work"
     lock = lock_file(first_stage_checkpoint(cfg, workdir).parent)
@@ -65,15 +75,23 @@ def test_lock_of_a_dead_owner_is_taken_over(tmp_path: Path, caplog: pytest.LogCa
     assert json.loads(lock.read_text())["pid"] == owner.pid
     owner.send_signal(signal.SIGKILL)
     owner.wait()
-    # Its heartbeat stopped with it; age the lock past the grace period rather than wait that long.
-    dead_since = time.time() - GRACE_S - 5
-    os.utime(lock, (dead_since, dead_since))
+    assert time.time() - lock.stat().st_mtime < GRACE_S  # its heartbeat is recent: only the dead pid tells
+    message = train_taking_over(cfg, workdir, caplog)
+    assert f'"pid": {owner.pid}' in message and f"its process {owner.pid} on this machine has ended" in message
 
-    with caplog.at_level(logging.WARNING, logger="ldm.locks"):
-        path = train_autoencoder(cfg, workdir)
-    assert is_finished(path) and not lock.exists()
-    [record] = [r for r in caplog.records if "taking over" in r.getMessage()]
-    assert f'"pid": {owner.pid}' in record.getMessage()
+
+def test_silent_lock_of_another_machine_is_taken_over_after_the_grace_period(tmp_path: Path,
+                                                                             caplog: pytest.LogCaptureFixture) -> None:
+    cfg = load_config(preset="micro", overrides=parse_overrides(OVERRIDES))
+    workdir = tmp_path / "work"
+    lock = lock_file(first_stage_checkpoint(cfg, workdir).parent)
+    lock.parent.mkdir(parents=True)
+    lock.write_text(json.dumps({"host": "another-machine", "pid": 1}))  # a pid this machine cannot check
+    # Its owner stopped heart-beating past the grace period; aged here rather than waited for.
+    silent_since = time.time() - GRACE_S - 5
+    os.utime(lock, (silent_since, silent_since))
+    message = train_taking_over(cfg, workdir, caplog)
+    assert '"host": "another-machine"' in message and f"(grace {GRACE_S:.0f} s)" in message
 
 
 def test_heartbeat_keeps_a_held_lock_fresh(tmp_path: Path) -> None:
