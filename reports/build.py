@@ -21,7 +21,6 @@ from reports.tables import Table, build_tables, to_csv, to_latex, to_markdown
 ReportFormat = Literal["md", "tex", "csv", "html"]
 FORMATS: tuple[ReportFormat, ...] = get_args(ReportFormat)
 REPORT_ARTIFACT_PATH = "report"
-SPEC_ARTIFACT = "spec.yaml"
 
 # Table files per format; HTML tables live inside index.html.
 TABLE_WRITERS: dict[ReportFormat, Callable[[Table], str]] = {
@@ -59,12 +58,6 @@ def check_formats(formats: Collection[str]) -> frozenset[str]:
     return frozenset(formats)
 
 
-def _spec_yaml(study: StudyRuns) -> str | None:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = study.download_artifact(study.parent["run_id"], SPEC_ARTIFACT, Path(tmp))
-        return path.read_text() if path is not None else None
-
-
 def _write_report(study: StudyRuns, folder: Path, formats: frozenset[str]) -> ReportSummary:
     """Write every file of the report under `folder`; index.md always, index.html when asked for."""
     tables = build_tables(study)
@@ -77,7 +70,7 @@ def _write_report(study: StudyRuns, folder: Path, formats: frozenset[str]) -> Re
                 atomic_write_text(paths[-1], render(table))
         written.append((table, paths))
     figures = make_figures(study, folder / "figures")
-    doc = index.index_document(study, written, figures, _spec_yaml(study), folder, datetime.now(UTC))
+    doc = index.index_document(study, written, figures, folder, datetime.now(UTC))
     atomic_write_text(folder / "index.md", index.render_markdown(doc))
     html_index = folder / "index.html" if "html" in formats else None
     if html_index is not None:

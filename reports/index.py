@@ -23,7 +23,6 @@ from reports.runs import (
     column_or_missing,
     configuration_label,
     factor_label,
-    ordered_values,
     param_column,
     tag_column,
 )
@@ -103,8 +102,7 @@ def _file_links(root: Path, paths: Sequence[Path]) -> tuple[Link, ...]:
 def _overview(study: StudyRuns, generated: datetime) -> Section:
     counts = study.state_counts()
     started = study.parent["start_time"]
-    factors = [f"{factor_label(f)} ({f}): {', '.join(ordered_values(study.finished[param_column(f)]))}"
-               for f in study.factors]
+    factors = [f"{factor_label(f)} ({f}): {', '.join(study.levels[f])}" for f in study.factors]
     return Section("Overview", (Bullets((
         f"Study: {study.name} (parent run {study.parent['run_id']}, status {study.parent['status']})",
         f"Report generated: {generated:%Y-%m-%d %H:%M} UTC; study started: {started:%Y-%m-%d %H:%M} UTC",
@@ -116,11 +114,11 @@ def _overview(study: StudyRuns, generated: datetime) -> Section:
     )),))
 
 
-def _spec(study: StudyRuns, spec_yaml: str | None) -> Section:
+def _spec(study: StudyRuns) -> Section:
     params = study.parent_params()
     blocks: list[Block] = [Grid(("parameter", "value"), tuple(sorted(params.items())))] if params else []
-    if spec_yaml is not None:
-        blocks += [Paragraph("spec.yaml of the parent run:"), Code(spec_yaml)]
+    if study.spec_yaml is not None:
+        blocks += [Paragraph("spec.yaml of the parent run:"), Code(study.spec_yaml)]
     return Section("Study spec", tuple(blocks) or (Paragraph("The parent run records no spec."),))
 
 
@@ -180,13 +178,12 @@ def _figures(root: Path, figures: Sequence[FigureResult]) -> Section:
 
 
 def index_document(study: StudyRuns, tables: Sequence[tuple[tbl.Table, Sequence[Path]]],
-                   figures: Sequence[FigureResult], spec_yaml: str | None, root: Path,
-                   generated: datetime) -> Document:
+                   figures: Sequence[FigureResult], root: Path, generated: datetime) -> Document:
     """Everything a reader needs to trust the numbers, with links to every table and figure file under `root`."""
     table_views = tuple(TableView(t, _file_links(root, files)) for t, files in tables)
     return Document(f"Report: {study.name}", (
         _overview(study, generated),
-        _spec(study, spec_yaml),
+        _spec(study),
         _sample_counts(study),
         Section("Tables", table_views),
         _figures(root, figures),

@@ -6,6 +6,7 @@ import contextlib
 import functools
 import os
 import re
+import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,8 @@ from evaluation.metric_catalog import CATALOG
 from ldm.config import ExperimentConfig
 from ldm.errors import UserError
 from ldm.tracking import Role, Tag, flatten
+from reports.design import spec_levels
+from sweeps.runs import SPEC_ARTIFACT
 
 MISSING_VALUE = "n/a"
 
@@ -108,12 +111,18 @@ def column_or_missing(frame: pd.DataFrame, column: str) -> pd.Series:
 
 @dataclass(frozen=True)
 class StudyRuns:
-    """The runs of one study: `trials` has `search_runs` columns plus `state` (see `STATE_OF_STATUS`)."""
+    """The runs of one study: `trials` has `search_runs` columns plus `state` (see `STATE_OF_STATUS`).
+
+    `factors` and their `levels` come from the parent run's spec when it logged one (`reports.design`),
+    otherwise from the params that vary across finished trials.
+    """
 
     name: str
     parent: pd.Series
     trials: pd.DataFrame
     factors: tuple[str, ...]
+    levels: dict[str, tuple[str, ...]]
+    spec_yaml: str | None
     client: MlflowClient = field(repr=False)
 
     @functools.cached_property
@@ -153,13 +162,7 @@ class StudyRuns:
 
     def download_artifact(self, run_id: str, path: str, dst: Path) -> Path | None:
         """Copy a run's artifact under `dst`; None when the run has no such artifact."""
-        folder, _, name = path.rpartition("/")
-        listed = {Path(a.path).name for a in self.client.list_artifacts(run_id, folder or None)}
-        if name not in listed:
-            return None
-        dst.mkdir(parents=True, exist_ok=True)
-        with _environment(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name, "false"):
-            return Path(self.client.download_artifacts(run_id, path, str(dst)))
+        return _download_artifact(self.client, run_id, path, dst)
 
     def log_folder(self, folder: Path, artifact_path: str) -> None:
         """Log a local folder's files to the parent run under `artifact_path`."""
@@ -193,11 +196,32 @@ def _global_tracking_uri(uri: str) -> Iterator[None]:
 
 def swept_factors(finished: pd.DataFrame) -> tuple[str, ...]:
     """Params that take more than one value across finished trials, minus seeds and non-semantic fields."""
-    swept = [c.removeprefix("params.") for c in finished.columns
-             if c.startswith("params.") and finished[c].nunique(dropna=False) > 1]
-    factors = [p for p in swept if not is_seed(p) and p not in NON_FACTOR_PARAMS]
+    return _as_factors(c.removeprefix("params.") for c in finished.columns
+                       if c.startswith("params.") and finished[c].nunique(dropna=False) > 1)
+
+
+def _as_factors(params: Iterable[str]) -> tuple[str, ...]:
+    """Params without seeds and non-semantic fields, in the order tables list them."""
+    factors = [p for p in params if not is_seed(p) and p not in NON_FACTOR_PARAMS]
     known = list(FACTOR_LABELS)
     return tuple(sorted(factors, key=lambda p: (known.index(p) if p in known else len(known), p)))
+
+
+def _download_artifact(client: MlflowClient, run_id: str, path: str, dst: Path) -> Path | None:
+    folder, _, name = path.rpartition("/")
+    listed = {Path(a.path).name for a in client.list_artifacts(run_id, folder or None)}
+    if name not in listed:
+        return None
+    dst.mkdir(parents=True, exist_ok=True)
+    with _environment(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name, "false"):
+        return Path(client.download_artifacts(run_id, path, str(dst)))
+
+
+def _spec_yaml(client: MlflowClient, run_id: str) -> str | None:
+    """The spec the parent run logged (`sweeps.runs`); None when it has none."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = _download_artifact(client, run_id, SPEC_ARTIFACT, Path(tmp))
+        return path.read_text() if path is not None else None
 
 
 def load_study(study: str, tracking_uri: str) -> StudyRuns:
@@ -221,8 +245,13 @@ def load_study(study: str, tracking_uri: str) -> StudyRuns:
     trials = runs[roles == Role.TRIAL].assign(state=lambda d: d["status"].map(STATE_OF_STATUS).fillna("running"))
     number = pd.to_numeric(column_or_missing(trials, tag_column(Tag.TRIAL_NUMBER)), errors="coerce")
     trials = trials.loc[number.sort_values(na_position="last", kind="stable").index]
-    factors = swept_factors(trials[trials["state"] == "finished"])
+    # search_runs lists the newest run first: a resumed study reports into its latest parent.
+    parent = parents.iloc[0]
+    spec_yaml = _spec_yaml(client, parent["run_id"])
+    design = spec_levels(spec_yaml) if spec_yaml is not None else None
+    factors = _as_factors(design) if design is not None else swept_factors(trials[trials["state"] == "finished"])
     trials = trials.assign(**{param_column(p): column_or_missing(trials, param_column(p)).fillna(MISSING_VALUE)
                               for p in factors})
-    # search_runs lists the newest run first: a resumed study reports into its latest parent.
-    return StudyRuns(study, parents.iloc[0], trials.reset_index(drop=True), factors, client)
+    observed_in = trials if design is not None else trials[trials["state"] == "finished"]
+    levels = {f: tuple(ordered_values((design or {}).get(f) or observed_in[param_column(f)])) for f in factors}
+    return StudyRuns(study, parent, trials.reset_index(drop=True), factors, levels, spec_yaml, client)

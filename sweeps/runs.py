@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import functools
 import sys
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 from mlflow.tracking import MlflowClient
+from optuna.trial import FrozenTrial, TrialState
 
 from ldm.config import ExperimentConfig
 from ldm.io import atomic_write_text
 from ldm.tracking import MlflowTracker, Role, Tag
 from ldm.tracking.runs import artifact_root, describe_run, experiment_id, start_run
 from sweeps.spec import SweepSpec
+
+SPEC_ARTIFACT = "spec.yaml"  # the spec as the parent run logs it; reports read the study's design from it
 
 
 def mlflow_ui_command(tracking_uri: str, workdir: Path, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
@@ -57,10 +61,28 @@ def open_study_tracking(tracking_uri: str, workdir: Path, spec: SweepSpec, spec_
     return StudyTracking(tracking_uri, experiment, run_id)
 
 
-def close_study_run(tracking: StudyTracking, status: str, tags: dict[str, str]) -> None:
+TRIAL_COUNT_TAGS: dict[TrialState, Tag] = {
+    TrialState.COMPLETE: Tag.TRIALS_COMPLETE,
+    TrialState.FAIL: Tag.TRIALS_FAILED,
+    TrialState.PRUNED: Tag.TRIALS_PRUNED,
+    TrialState.RUNNING: Tag.TRIALS_RUNNING,
+    TrialState.WAITING: Tag.TRIALS_WAITING,
+}
+
+
+def study_run_status(ended: str, counts: Counter[TrialState]) -> str:
+    """A study that ran to its end without completing a single trial has FAILED; KILLED and FAILED stay."""
+    return "FAILED" if ended == "FINISHED" and counts[TrialState.COMPLETE] == 0 else ended
+
+
+def close_study_run(tracking: StudyTracking, ended: str, trials: Iterable[FrozenTrial],
+                    best: Iterable[FrozenTrial]) -> None:
+    """End the parent run with its trials counted per state and its best trials named."""
+    counts = Counter(t.state for t in trials)
     parent = MlflowTracker(tracking.parent_run_id, tracking.tracking_uri)
-    parent.set_tags(tags)
-    parent.end(status)
+    parent.set_tags({**{tag: str(counts[state]) for state, tag in TRIAL_COUNT_TAGS.items()},
+                     Tag.BEST_TRIALS: ",".join(str(t.number) for t in best)})
+    parent.end(study_run_status(ended, counts))
 
 
 def start_trial_run(tracking: StudyTracking, study: str, number: int) -> MlflowTracker:

@@ -28,7 +28,6 @@ from pydantic import BaseModel
 
 from ldm.errors import UserError
 from ldm.io import atomic_write_text
-from ldm.tracking import Tag
 from ldm.tracking.runs import resolve_tracking_uri
 from sweeps import runs
 from sweeps.objective import Reporter, TrialFn, run_trial
@@ -57,6 +56,7 @@ from sweeps.study import (
 INTERRUPTED = "interrupted"
 INTERRUPTED_EXIT = 130
 Log = Callable[[str], None]
+Clock = Callable[[], float]  # seconds since the epoch, like `time.time`
 
 
 class WorkerJob(BaseModel):
@@ -188,12 +188,15 @@ def _reporter(spec: SweepSpec, trial: optuna.Trial) -> Reporter:
     return report
 
 
-def run_worker(job: WorkerJob, trial_fn: TrialFn, stop: StopSignals, log: Log) -> None:
-    """Claim and run trials until the budget, the grid or the time is used up, or a stop is requested."""
+def run_worker(job: WorkerJob, trial_fn: TrialFn, stop: StopSignals, log: Log, clock: Clock = time.time) -> None:
+    """Claim and run trials until the budget, the grid or the time is used up, or a stop is requested.
+
+    The time is up once `clock()` reaches `job.deadline`.
+    """
     study = load_study(job.spec.name, open_storage(job.storage), job.spec)
     directory = study_dir(job.workdir, job.spec.name)
     with worker_identity(directory) as owner:
-        while not stop.requested and (job.deadline is None or time.time() < job.deadline):
+        while not stop.requested and (job.deadline is None or clock() < job.deadline):
             trial = claim_trial(study, job.spec, job.budget, directory, owner)
             if trial is None:
                 return
@@ -218,8 +221,11 @@ class StudySummary:
 
 def run_sweep(spec: SweepSpec, workdir: Path, n_trials: int | None = None, workers: int = 1,
               storage: str | None = None, tracking_uri: str | None = None, trial_fn: TrialFn = run_trial,
-              log: Log = print) -> StudySummary:
-    """Run (or resume) a study until it has `n_trials` finished trials, with `workers` local workers."""
+              log: Log = print, clock: Clock = time.time) -> StudySummary:
+    """Run (or resume) a study until it has `n_trials` finished trials, with `workers` local workers.
+
+    `spec.timeout_s` is measured on `clock` in this process; worker processes read `time.time`.
+    """
     started = time.monotonic()
     workdir = Path(workdir).resolve()
     if workers < 1:
@@ -234,9 +240,9 @@ def run_sweep(spec: SweepSpec, workdir: Path, n_trials: int | None = None, worke
     store = open_storage(location)
     study = open_study(spec, store)
     tracking = runs.open_study_tracking(resolve_tracking_uri(workdir, tracking_uri), workdir, spec,
-                                        directory / "spec.yaml")
+                                        directory / runs.SPEC_ARTIFACT)
     job = WorkerJob(spec=spec, workdir=workdir, storage=location, tracking=tracking, budget=budget,
-                    deadline=time.time() + spec.timeout_s if spec.timeout_s else None, trial_fn=fn_path)
+                    deadline=clock() + spec.timeout_s if spec.timeout_s else None, trial_fn=fn_path)
     stop = StopSignals()
     run_status = "FAILED"
     try:
@@ -247,15 +253,16 @@ def run_sweep(spec: SweepSpec, workdir: Path, n_trials: int | None = None, worke
             log(f"queued {queued} configuration(s)")
         with stop.installed():
             if workers == 1:
-                run_worker(job, trial_fn, stop, log)
+                run_worker(job, trial_fn, stop, log, clock)
             else:
                 _run_worker_processes(job, workers, stop, log)
         run_status = "KILLED" if stop.requested else "FINISHED"
     finally:
         _recover(job, store, study, log)
         best = pareto_front(study)
-        runs.close_study_run(tracking, run_status, {Tag.BEST_TRIALS: ",".join(str(t.number) for t in best)})
-    states = dict(Counter(t.state.name for t in study.get_trials(deepcopy=False)))
+        trials = study.get_trials(deepcopy=False)
+        runs.close_study_run(tracking, run_status, trials, best)
+    states = dict(Counter(t.state.name for t in trials))
     return StudySummary(spec.name, location, tracking.tracking_uri, tracking.parent_run_id, objective_names(study),
                         states, best, time.monotonic() - started, stop.requested)
 

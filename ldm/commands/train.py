@@ -31,7 +31,9 @@ def train(
     stage: Literal["all", "autoencoder", "diffusion"] = typer.Option(
         "all", "--stage", help="autoencoder: the first stage (reused when its hash exists); diffusion: the "
         "diffusion model on --first-stage or on this config's first stage (trained if missing); all: both."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the stage checkpoints, exactly."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue the diffusion stage from its checkpoint, exactly (an unfinished first "
+        "stage always continues from its own)."),
     retrain: bool = typer.Option(False, "--retrain", help="Train the first stage even if one with its hash exists."),
     first_stage: Optional[Path] = typer.Option(
         None, "--first-stage", help="First-stage checkpoint to use (with --stage diffusion)."),
@@ -56,7 +58,7 @@ def train(
             diffusion = train_diffusion(cfg, workdir, tracker, first_stage_ckpt=first_stage, resume=resume)
             typer.echo(f"diffusion checkpoint: {diffusion}")
             return
-        autoencoder = train_autoencoder(cfg, workdir, tracker, resume=resume, retrain=retrain)
+        autoencoder = train_autoencoder(cfg, workdir, tracker, retrain=retrain)
         typer.echo(f"first-stage checkpoint: {autoencoder}")
         if stage == "all":
             diffusion = train_diffusion(cfg, workdir, tracker, first_stage_ckpt=autoencoder, resume=resume)

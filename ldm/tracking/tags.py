@@ -23,6 +23,12 @@ class Tag(StrEnum):
     SAMPLER = "ldm.sampler"
     OBJECTIVES = "ldm.objectives"
     BEST_TRIALS = "ldm.best_trials"
+    # The parent run's count of trials per Optuna state, set when the study run ends.
+    TRIALS_COMPLETE = "ldm.trials_complete"
+    TRIALS_FAILED = "ldm.trials_failed"
+    TRIALS_PRUNED = "ldm.trials_pruned"
+    TRIALS_RUNNING = "ldm.trials_running"
+    TRIALS_WAITING = "ldm.trials_waiting"
     # MLflow's own tag that nests a run under another (the UI draws the tree from it).
     PARENT_RUN_ID = "mlflow.parentRunId"
 

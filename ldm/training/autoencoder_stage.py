@@ -22,6 +22,7 @@ from ldm.first_stage import (
     evaluating,
 )
 from ldm.io import atomic_write_text
+from ldm.locks import exclusive, lock_file
 from ldm.paths import first_stage_dir
 from ldm.tracking import NullTracker, Tracker
 from ldm.training.checkpoint import (
@@ -107,12 +108,24 @@ def is_finished(path: Path) -> bool:
 
 
 def train_autoencoder(cfg: ExperimentConfig, workdir: Path, tracker: Tracker = NullTracker(),
-                      resume: bool = False, retrain: bool = False) -> Path:
-    """Train (or reuse) the first stage of `cfg`; returns its checkpoint, which holds the scale factor."""
+                      retrain: bool = False) -> Path:
+    """Train (or reuse) the first stage of `cfg`; returns its checkpoint, which holds the scale factor.
+
+    One process trains it, under a lock beside its folder; others that need it wait, then reuse it. An
+    unfinished one (a killed run) continues exactly from its last checkpoint; `retrain` starts it afresh.
+    """
     path = first_stage_checkpoint(cfg, workdir)
-    if not retrain and is_finished(path):
-        _log_results(tracker, path, cfg.training.autoencoder.steps)
-        return path
+    step = cfg.training.autoencoder.steps
+    if retrain or not is_finished(path):
+        with exclusive(lock_file(path.parent)):
+            if retrain or not is_finished(path):  # a process we waited for may have finished it
+                step = _train_and_measure(cfg, workdir, path, tracker, resume=not retrain)
+    _log_results(tracker, path, step)
+    return path
+
+
+def _train_and_measure(cfg: ExperimentConfig, workdir: Path, path: Path, tracker: Tracker, resume: bool) -> int:
+    """Train the first stage into `path`, then store its metrics and scale factor; returns the last step."""
     device = resolve_device(cfg.training.device)
     torch.manual_seed(cfg.training.seed)
     train, val = build_dataset(cfg.data, "train", workdir), build_dataset(cfg.data, "val", workdir)
@@ -126,7 +139,7 @@ def train_autoencoder(cfg: ExperimentConfig, workdir: Path, tracker: Tracker = N
         stage = Stage(name="autoencoder", settings=cfg.training.autoencoder, metric_prefix="ae",
                       val_metric="ae/val_loss", model=trainee, step=AutoencoderStep(trainee), train_data=train,
                       val_data=val, checkpoint=path, extras={}, preview_key="ae_reconstructions")
-        trained = train_stage(stage, cfg, device, tracker, resume=resume and not retrain)
+        trained = train_stage(stage, cfg, device, tracker, resume=resume)
         if trained.ema is not None:  # what later stages load (`load_first_stage` prefers the EMA weights)
             trained.ema.copy_to(trainee)
         step = cfg.training.autoencoder.steps
@@ -139,8 +152,7 @@ def train_autoencoder(cfg: ExperimentConfig, workdir: Path, tracker: Tracker = N
     save_image_atomic(reconstruction_grid(first_stage, _first_images(val, RECONSTRUCTION_GRID_IMAGES).to(device)),
                       path.with_name(RECONSTRUCTIONS_NAME))
     update_extras(path, {"scale_factor": scale_factor})
-    _log_results(tracker, path, step)
-    return path
+    return step
 
 
 def _log_results(tracker: Tracker, path: Path, step: int) -> None:
@@ -159,7 +171,7 @@ def first_stage_of(ckpt: Checkpoint, path: Path) -> tuple[FirstStage, float, Exp
     extras = ckpt["extras"]
     if "scale_factor" not in extras:
         raise UserError(f"first-stage checkpoint '{path}' is unfinished (step {ckpt['step']}); finish it with "
-                        "`ldm train --stage autoencoder --resume` and the same config")
+                        "`ldm train --stage autoencoder` and the same config")
     cfg = checkpoint_config(ckpt)
     first_stage = build_first_stage(cfg.autoencoder, cfg.data.channels)
     if "first_stage" in extras:  # a diffusion checkpoint

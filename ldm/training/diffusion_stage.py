@@ -84,7 +84,7 @@ def train_diffusion(cfg: ExperimentConfig, workdir: Path, tracker: Tracker = Nul
     `evaluation.fid_every`, `intermediate(pipeline)` is measured on the EMA weights every `fid_every` steps.
     """
     if first_stage_ckpt is None:
-        first_stage_ckpt = train_autoencoder(cfg, workdir, tracker, resume=resume)
+        first_stage_ckpt = train_autoencoder(cfg, workdir, tracker)
     first_stage, scale_factor, first_cfg = load_first_stage(first_stage_ckpt)
     _check_first_stage_fits(cfg, first_cfg, first_stage_ckpt)
     device = resolve_device(cfg.training.device)

@@ -4,7 +4,8 @@ Study FULL: f in {1, 4, 8} x schedule in {linear, cosine} x seeds {0, 1}, finish
 intermediate FIDs, DDIM and guidance variants and a samples.png each; plus one FAILED, one KILLED (pruned)
 and one RUNNING trial whose (bad) metrics must stay out of every aggregate. The parent run stays RUNNING.
 Study SPARSE: latent channels c in {3, 4} x two seeds with only fid_domain, psnr and val_loss, so that
-every figure lacks data. Study EMPTY: a parent run without trials.
+every figure lacks data. Study FAILED: a 2-factor grid (f x c) in which every trial failed, known from
+its spec alone. Study EMPTY: a parent run without trials.
 Tests reach the constants through the fixture object (tests run with --import-mode=importlib, which
 makes a helper module unimportable by name).
 """
@@ -34,6 +35,7 @@ class SyntheticStore:
     FULL_STUDY: ClassVar[str] = "toy-ablation"
     SPARSE_STUDY: ClassVar[str] = "toy-sparse"
     EMPTY_STUDY: ClassVar[str] = "toy-empty"
+    FAILED_STUDY: ClassVar[str] = "toy-failed"
     F_VALUES: ClassVar[tuple[int, ...]] = (1, 4, 8)
     SCHEDULES: ClassVar[tuple[str, ...]] = ("linear", "cosine")
     SEEDS: ClassVar[tuple[int, ...]] = (0, 1)
@@ -46,7 +48,14 @@ class SyntheticStore:
     DEVICE: ClassVar[str] = "cpu (2 cores, synthetic)"
     FAIL_REASON: ClassVar[str] = "RuntimeError: out of memory at diffusion step 12 <&>"
     PRUNE_REASON: ClassVar[str] = "pruned at step 200: fid_domain 500.0 above the median"
-    SPEC_YAML: ClassVar[str] = "name: toy-ablation\nsampler: grid\nsearch_space:\n  autoencoder.f: [1, 4, 8]\n"
+    # As `sweeps.runs` logs it: the swept factors are read from `space` (its choices in spec order).
+    SPEC_YAML: ClassVar[str] = (
+        "name: toy-ablation\nsampler: grid\nspace:\n  autoencoder.f: {type: categorical, choices: [8, 1, 4]}\n"
+        "  diffusion.schedule: {type: categorical, choices: [linear, cosine]}\n"
+        "  diffusion.conditioning: {type: categorical, choices: [class]}\n")
+    FAILED_SPEC_YAML: ClassVar[str] = (
+        "name: toy-failed\nsampler: grid\nspace:\n  autoencoder.f: {type: categorical, choices: [1, 4]}\n"
+        "  autoencoder.latent_channels: {type: categorical, choices: [3, 4]}\n")
     # Metrics of the failed, pruned and running trials: far from every finished value, so a leak shows.
     LEAKED: ClassVar[float] = 999.0
 
@@ -94,18 +103,18 @@ S = SyntheticStore
 class _StudyWriter:
     """Writes one study the way `sweeps` does: a parent run and nested trial runs."""
 
-    def __init__(self, client: MlflowClient, root: Path, study: str, spec: bool) -> None:
+    def __init__(self, client: MlflowClient, root: Path, study: str, spec: str | None) -> None:
         self.client, self.root, self.study = client, root, study
         self.experiment_id = client.create_experiment(study, artifact_location=(root / "artifacts" / study).as_uri())
         parent = client.create_run(self.experiment_id, run_name=study, tags={
             "ldm.role": "study", "ldm.study": study, "ldm.git_commit": S.GIT_COMMIT, "ldm.device": S.DEVICE})
         self.parent_id = parent.info.run_id
         self.trials = 0
-        if spec:
+        if spec is not None:
             client.log_batch(self.parent_id, params=[Param("spec.sampler", "grid"), Param("spec.seeds", "0,1")])
             path = root / "spec" / study / "spec.yaml"
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(S.SPEC_YAML)
+            path.write_text(spec)
             client.log_artifact(self.parent_id, str(path))
 
     def trial(self, overrides: list[str], seed: int, steps: dict[str, dict[int, float]],
@@ -143,7 +152,7 @@ def _samples_png(folder: Path, number: int) -> Path:
 
 
 def _write_full(client: MlflowClient, root: Path) -> tuple[str, pd.DataFrame, dict[str, str]]:
-    writer = _StudyWriter(client, root, S.FULL_STUDY, spec=True)
+    writer = _StudyWriter(client, root, S.FULL_STUDY, spec=S.SPEC_YAML)
     common = ["diffusion.conditioning=class", "evaluation.fid_every=100"]
     rows = []
     for f in S.F_VALUES:
@@ -176,7 +185,7 @@ def _write_full(client: MlflowClient, root: Path) -> tuple[str, pd.DataFrame, di
 
 
 def _write_sparse(client: MlflowClient, root: Path) -> str:
-    writer = _StudyWriter(client, root, S.SPARSE_STUDY, spec=False)
+    writer = _StudyWriter(client, root, S.SPARSE_STUDY, spec=None)
     for c in (3, 4):
         for seed in S.SEEDS:
             final = S.final_metrics(4, c, "cosine", seed)
@@ -186,13 +195,25 @@ def _write_sparse(client: MlflowClient, root: Path) -> str:
     return writer.parent_id
 
 
+def _write_failed(client: MlflowClient, root: Path) -> str:
+    writer = _StudyWriter(client, root, S.FAILED_STUDY, spec=S.FAILED_SPEC_YAML)
+    for f in (1, 4):
+        for c in (3, 4):
+            run_id = writer.trial([f"autoencoder.f={f}", f"autoencoder.latent_channels={c}"], 0, steps={},
+                                  final={}, tags={"ldm.fail_reason": S.FAIL_REASON})
+            client.set_terminated(run_id, "FAILED")
+    client.set_terminated(writer.parent_id, "FAILED")
+    return writer.parent_id
+
+
 def _build_store(root: Path) -> SyntheticStore:
     root.mkdir(parents=True, exist_ok=True)
     uri = f"sqlite:///{root / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)
     full_parent, finished, others = _write_full(client, root)
     parents = {S.FULL_STUDY: full_parent, S.SPARSE_STUDY: _write_sparse(client, root),
-               S.EMPTY_STUDY: _StudyWriter(client, root, S.EMPTY_STUDY, spec=False).parent_id}
+               S.FAILED_STUDY: _write_failed(client, root),
+               S.EMPTY_STUDY: _StudyWriter(client, root, S.EMPTY_STUDY, spec=None).parent_id}
     return SyntheticStore(uri, root, finished, parents, others)
 
 

@@ -126,6 +126,19 @@ def test_study_without_trials_still_gets_an_index(synthetic_store, tmp_path) -> 
     assert summary.figures == () and len(summary.skipped) == 6
 
 
+def test_study_where_every_trial_failed_reports_its_grid_and_each_failed_point(synthetic_store, tmp_path) -> None:
+    s = synthetic_store
+    summary = build_report(s.FAILED_STUDY, tmp_path / "r", tracking_uri=s.tracking_uri)
+    md = summary.index.read_text()
+    assert "Swept factors: f (autoencoder.f): 1, 4; c (autoencoder.latent_channels): 3, 4" in md
+    reason = s.FAIL_REASON.replace("<", "\\<")
+    points = [(f, c) for f in (1, 4) for c in (3, 4)]
+    for number, (f, c) in enumerate(points):
+        assert f"| {number} | failed | f={f}, c={c} | 0 | {reason} |" in md
+    assert "all runs" not in md
+    assert summary.trial_counts == {"finished": 0, "failed": 4, "pruned": 0, "running": 0}
+
+
 def test_unknown_format_names_the_allowed_ones(synthetic_store, tmp_path) -> None:
     with pytest.raises(UserError) as err:
         build_report(synthetic_store.FULL_STUDY, tmp_path / "r", {"md", "pdf"},

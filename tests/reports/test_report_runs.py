@@ -30,6 +30,16 @@ def test_factors_are_swept_params_without_seeds_or_run_names(synthetic_store) ->
     assert sparse.factors == ("autoencoder.latent_channels",)
 
 
+def test_factors_and_their_levels_come_from_the_spec_also_when_no_trial_finished(synthetic_store) -> None:
+    failed = load_study(synthetic_store.FAILED_STUDY, synthetic_store.tracking_uri)
+    assert failed.finished.empty and len(failed.in_state("failed")) == 4
+    assert failed.factors == ("autoencoder.f", "autoencoder.latent_channels")
+    assert failed.levels == {"autoencoder.f": ("1", "4"), "autoencoder.latent_channels": ("3", "4")}
+    # A single-choice field of the spec is fixed, not swept; levels are listed in value order.
+    full = load_study(synthetic_store.FULL_STUDY, synthetic_store.tracking_uri)
+    assert full.levels == {"autoencoder.f": ("1", "4", "8"), "diffusion.schedule": ("cosine", "linear")}
+
+
 def test_study_without_trials_loads_empty(synthetic_store) -> None:
     study = load_study(synthetic_store.EMPTY_STUDY, synthetic_store.tracking_uri)
     assert study.trials.empty and study.factors == () and study.metric_names() == []

@@ -35,7 +35,7 @@ def closed_form_metrics(f: int, latent_channels: int, seed: int) -> dict[str, fl
 
 def quick_trial(cfg: ExperimentConfig, workdir: Path, tracker: Tracker, report) -> dict[str, float]:
     _record(cfg)
-    _meet()
+    meet()
     time.sleep(float(os.environ.get("SWEEP_FAKE_SLEEP", "0")))
     _maybe_die(cfg)
     metrics = closed_form_metrics(cfg.autoencoder.f, cfg.autoencoder.latent_channels, cfg.training.seed)
@@ -67,12 +67,12 @@ def _record(cfg: ExperimentConfig) -> None:
             out.write(line + "\n")
 
 
-def _meet() -> None:
-    """A rendezvous that proves several worker processes run trials at the same time."""
-    meet = os.environ.get("SWEEP_FAKE_MEET")
-    if not meet:
+def meet() -> None:
+    """A rendezvous that proves several processes run at the same time (`SWEEP_FAKE_MEET`)."""
+    setting = os.environ.get("SWEEP_FAKE_MEET")
+    if not setting:
         return
-    folder, count = meet.rsplit(":", 1)
+    folder, count = setting.rsplit(":", 1)
     Path(folder).mkdir(parents=True, exist_ok=True)
     (Path(folder) / str(os.getpid())).touch()
     deadline = time.monotonic() + 120

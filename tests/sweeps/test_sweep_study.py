@@ -85,6 +85,8 @@ def test_grid_study_runs_every_point_once_with_a_parent_run_and_a_child_run_per_
     assert len(parent) == 1 and len(children) == 8
     assert parent["status"].item() == "FINISHED" and parent["run_id"].item() == summary.parent_run_id
     assert parent["tags.ldm.best_trials"].item() == ",".join(str(t.number) for t in summary.best_trials)
+    assert parent[[f"tags.ldm.trials_{state}" for state in ("complete", "failed", "pruned", "running", "waiting")]] \
+        .iloc[0].tolist() == ["8", "0", "0", "0", "0"]
     assert set(children["tags.mlflow.parentRunId"]) == {summary.parent_run_id}
     assert set(children["status"]) == {"FINISHED"}
 
@@ -132,6 +134,18 @@ def test_diverging_trial_fails_with_its_reason_and_traceback_and_the_study_goes_
     assert "Traceback" in text and "diverging_trial" in text
     # A failure that is not a dead worker is final: rerunning does not repeat it.
     assert run_sweep(spec, workdir, trial_fn=diverging_trial, log=quiet).states == {"COMPLETE": 2, "FAIL": 1}
+
+
+def test_study_where_every_trial_failed_ends_its_parent_run_failed_with_the_counts(workdir):
+    spec = make_spec("all-nan", f=(4,), channels=(1, 2))  # `diverging_trial` fails every f = 4 trial
+    summary = run_sweep(spec, workdir, trial_fn=diverging_trial, log=quiet)
+    assert summary.states == {"FAIL": 2}
+    parent = client(workdir).get_run(summary.parent_run_id)
+    assert parent.info.status == "FAILED"
+    counts = {tag: parent.data.tags[f"ldm.trials_{tag}"] for tag in ("complete", "failed", "pruned", "running",
+                                                                     "waiting")}
+    assert counts == {"complete": "0", "failed": "2", "pruned": "0", "running": "0", "waiting": "0"}
+    assert parent.data.tags["ldm.best_trials"] == ""
 
 
 def test_multi_objective_study_exposes_its_pareto_front(workdir):
@@ -214,13 +228,19 @@ def test_each_worker_gets_its_own_gpu_when_several_are_visible(monkeypatch):
     assert worker_env(1, ["0"])["CUDA_VISIBLE_DEVICES"] == "0"
 
 
-def test_timeout_stops_claiming_new_trials(workdir, monkeypatch):
-    monkeypatch.setenv("SWEEP_FAKE_SLEEP", "0.5")
-    spec = parse_spec({"name": "timed", "base": {"preset": "tiny"}, "sampler": "random", "timeout_s": 0.2,
-                       "objectives": [{"metric": "fid_domain"}],
+def test_timeout_stops_claiming_new_trials(workdir):
+    spec = parse_spec({"name": "timed", "base": {"preset": "tiny"}, "sampler": "random", "timeout_s": 60,
+                       "n_trials": 3, "objectives": [{"metric": "fid_domain"}],
                        "space": {"autoencoder.latent_channels": {"type": "int", "low": 1, "high": 8}}})
+    now = [1_000_000.0]  # the sweep's clock, advanced by the trial alone: machine speed cannot matter
+
+    def outlasting_trial(cfg, workdir, tracker, report):
+        now[0] += spec.timeout_s + 1
+        return quick_trial(cfg, workdir, tracker, report)
+
     # The deadline passes during the first trial, which finishes; no second trial starts.
-    assert run_sweep(spec, workdir, trial_fn=quick_trial, log=quiet).states == {"COMPLETE": 1}
+    assert run_sweep(spec, workdir, trial_fn=outlasting_trial, log=quiet, clock=lambda: now[0]).states \
+        == {"COMPLETE": 1}
 
 
 def test_unusable_tracking_uri_is_a_user_error_before_any_trial(workdir, tmp_path):

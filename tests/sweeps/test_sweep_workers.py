@@ -73,6 +73,25 @@ def test_two_workers_run_every_grid_point_exactly_once(workdir, tmp_path, monkey
     assert set(statuses) == {"FINISHED"} and sorted(statuses["FINISHED"]) == ["study"] + ["trial"] * 12
 
 
+def test_two_coordinators_on_one_storage_run_every_grid_point_once(workdir, tmp_path, monkeypatch):
+    # The second `run_sweep` queues the grid while the first holds a trial RUNNING (it waits at the barrier
+    # for a trial of the second): that point is covered and must not be queued again.
+    monkeypatch.setenv("SWEEP_FAKE_MEET", f"{tmp_path / 'meet'}:2")
+    raw = raw_spec("shared", f=(2, 4, 8), channels=(1, 2))
+    command = [sys.executable, "-m", "sweep_fakes", json.dumps(raw), str(workdir)]
+    first = subprocess.Popen(command)
+    wait_for(tmp_path / "meet" / str(first.pid), first)
+    second = subprocess.Popen(command)
+    assert (first.wait(timeout=300), second.wait(timeout=300)) == (0, 0)
+
+    points = sorted((f, c, 0) for f in (2, 4, 8) for c in (1, 2))
+    assert sorted(executions(tmp_path / "executions.jsonl")) == points
+    done = trials("shared", workdir)
+    assert [t.state for t in done] == [TrialState.COMPLETE] * len(points)
+    assert sorted((t.params["autoencoder.f"], t.params["autoencoder.latent_channels"], 0) for t in done) == points
+    assert len(list((tmp_path / "meet").iterdir())) == 2  # both coordinators ran trials
+
+
 def test_worker_killed_mid_trial_is_recovered_and_rerun_completes_the_grid(workdir, tmp_path, monkeypatch):
     monkeypatch.setenv("SWEEP_FAKE_DIE", "kill")
     monkeypatch.setenv("SWEEP_FAKE_MARKER", str(tmp_path / "killed"))

@@ -16,6 +16,7 @@ from ldm.data.registry import build_dataset
 from ldm.diffusion.conditioning import ConditionInputs
 from ldm.errors import UserError
 from ldm.first_stage.autoencoder import IdentityFirstStage
+from ldm.locks import lock_file
 from ldm.tracking import NullTracker
 from ldm.training import DivergedError
 from ldm.training.autoencoder_stage import first_stage_checkpoint, load_first_stage, train_autoencoder
@@ -81,7 +82,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 # ------------------------------------------------------------------ first stage
 
 
-def test_autoencoder_resume_reaches_the_same_weights(tmp_path: Path) -> None:
+def test_unfinished_first_stage_continues_from_its_checkpoint_to_the_same_weights(tmp_path: Path) -> None:
     # The discriminator starts at step 2: both optimisers and its BatchNorm statistics must resume too.
     cfg = tiny("autoencoder.disc_weight=0.5", "autoencoder.disc_start=2")
     straight = train_autoencoder(cfg, tmp_path / "straight")
@@ -89,9 +90,13 @@ def test_autoencoder_resume_reaches_the_same_weights(tmp_path: Path) -> None:
         train_autoencoder(cfg, tmp_path / "resumed", Recorder(stop_at=5))
     interrupted = first_stage_checkpoint(cfg, tmp_path / "resumed")
     assert torch.load(interrupted, weights_only=True)["step"] == 3
+    assert not lock_file(interrupted.parent).exists()  # released on the way out
     with pytest.raises(UserError, match=r"first-stage checkpoint '.*autoencoder.pt' is unfinished \(step 3\)"):
         load_first_stage(interrupted)
-    resumed = train_autoencoder(cfg, tmp_path / "resumed", resume=True)
+    # Needing the first stage again (a rerun, a trial) continues it without being asked to resume.
+    rerun = Recorder()
+    resumed = train_autoencoder(cfg, tmp_path / "resumed", rerun)
+    assert [s for s, _ in rerun.metrics["ae/loss"]] == [4, 5, 6]
 
     a, b = torch.load(straight, weights_only=True), torch.load(resumed, weights_only=True)
     assert_same_tensors(a["model"], b["model"])

@@ -1,0 +1,24 @@
+"""reports/design.py: the swept factors and levels of a spec.yaml as the parent run logs it."""
+
+from __future__ import annotations
+
+import yaml
+
+from reports.design import spec_levels
+from sweeps.spec import parse_spec
+
+
+def test_levels_are_the_varied_fields_of_the_space_with_their_choices() -> None:
+    spec = parse_spec({"name": "design", "base": {"preset": "tiny"}, "sampler": "random", "n_trials": 4,
+                       "objectives": [{"metric": "fid_domain"}],
+                       "space": {"autoencoder.f": {"type": "categorical", "choices": [4, 2]},
+                                 "diffusion.schedule": {"type": "categorical", "choices": ["cosine"]},
+                                 "training.diffusion.lr": {"type": "float", "low": 1e-5, "high": 1e-3}}})
+    logged = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)  # as `sweeps.runs` writes it
+    assert spec_levels(logged) == {"autoencoder.f": ("4", "2"), "training.diffusion.lr": None}
+
+
+def test_text_without_a_valid_space_has_no_design() -> None:
+    assert spec_levels("name: old\nsearch_space:\n  autoencoder.f: [1, 4]\n") is None
+    assert spec_levels("space:\n  autoencoder.f: {type: categorical}\n") is None
+    assert spec_levels("space: [unclosed\n") is None
