@@ -358,6 +358,12 @@ def format_validation_error(e: ValidationError) -> str:
             msg = f"unknown field '{loc}'"
         elif err["type"] == "missing":
             msg = f"{loc}: field required"  # its input is the whole enclosing mapping, not a value to quote
+        elif err["type"] == "union_tag_not_found":
+            msg = f"{loc}: field {err['ctx']['discriminator']} required"
+        elif err["type"] == "union_tag_invalid":
+            ctx = err["ctx"]
+            field = ctx["discriminator"].strip("'")
+            msg = f"{loc}.{field}={ctx['tag']!r} is not allowed; allowed: {ctx['expected_tags']}"
         elif err["type"] == "literal_error":
             msg = f"{loc}={err['input']!r} is not allowed; {err['msg'].replace('Input should be', 'allowed:')}"
         elif loc and loc not in msg:
