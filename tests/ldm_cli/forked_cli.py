@@ -2,7 +2,8 @@
 
 The CLI's modules (torch, MLflow and Optuna included) are imported once; then, for every JSON line
 `{"args": [...], "cwd": DIR, "out": DIR}` read from stdin, a forked child runs the command line with its stdout
-and stderr in `out/stdout` and `out/stderr`, and the line `{"code": EXIT_STATUS}` is written back. A child
+and stderr in `out/stdout` and `out/stderr`, and the line `{"code": EXIT_STATUS}` is written back; a child
+still running after TIMEOUT_S is killed by SIGALRM (status -14), since a bad input must fail fast. A child
 starts from the parent's state, which never ran a command, so each command line runs as in a fresh `ldm` process.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import traceback
 
@@ -18,6 +20,8 @@ import ldm.training.autoencoder_stage  # noqa: F401  imported by `ldm train`, `l
 import ldm.training.pipeline  # noqa: F401  imported by `ldm sample`
 import sweeps.workers  # noqa: F401  imported by `ldm sweep run`
 from ldm_cli.main import app
+
+TIMEOUT_S = 60
 
 
 def _run_child(args: list[str], out: str) -> int:
@@ -47,6 +51,8 @@ def main() -> None:
         case = json.loads(line)
         pid = os.fork()
         if pid == 0:
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
+            signal.alarm(TIMEOUT_S)
             os.chdir(case["cwd"])
             os._exit(_run_child(case["args"], case["out"]))
         _, status = os.waitpid(pid, 0)
