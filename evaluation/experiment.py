@@ -118,7 +118,8 @@ def evaluate_experiment(cfg: ExperimentConfig | None, checkpoint: Path, workdir:
     pipeline = LatentDiffusionPipeline.from_checkpoint(checkpoint, device=device)
     cfg = build_config((cfg or pipeline.config).model_dump(mode="json"), overrides)
     evaluation, sampling = cfg.evaluation, cfg.diffusion.sampling
-    reference = reference_set(cfg.data, evaluation.reference_split, evaluation.num_samples, evaluation.seed, workdir)
+    reference = reference_set(pipeline.config.data, evaluation.reference_split, evaluation.num_samples,
+                              evaluation.seed, workdir)
     conditions = draw_conditions(pipeline, evaluation, workdir)
 
     report = _sample_metrics(pipeline, conditions, reference, sampling, evaluation, workdir)
