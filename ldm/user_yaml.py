@@ -57,7 +57,7 @@ def load_yaml_mapping(path: Path, source: str, expected: str, error: type[UserEr
     """
     path = Path(path)
     if not path.is_file():
-        raise error(f"{source} does not exist")
+        raise error(f"{source} {'is a folder; allowed: a YAML file' if path.is_dir() else 'does not exist'}")
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as e:

@@ -57,6 +57,8 @@ def test_a_file_must_hold_a_non_empty_mapping(tmp_path: Path, text: str, fragmen
 def test_missing_and_unreadable_files_are_named(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="^file 'x' does not exist$"):
         load_yaml_mapping(tmp_path / "x.yaml", "file 'x'", "a mapping")
+    with pytest.raises(UserError, match="^file 't' is a folder; allowed: a YAML file$"):
+        load_yaml_mapping(tmp_path, "file 't'", "a mapping")
     binary = tmp_path / "b.yaml"
     binary.write_bytes(b"\xff\xfe\x00")
     with pytest.raises(UserError, match="^file 'b' cannot be read: UnicodeDecodeError"):

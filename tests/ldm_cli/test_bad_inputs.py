@@ -111,7 +111,7 @@ CASES = [
     case("config-list", "config validate {in}/config/list.yaml", 1, "must hold a mapping of sections (name, data"),
     case("config-scalar", "config validate {in}/config/scalar.yaml", 1, "must hold a mapping of sections"),
     case("config-missing", "config validate {in}/config/nowhere.yaml", 1, "nowhere.yaml' does not exist"),
-    case("config-directory", "config validate {in}/config", 1, "config' does not exist"),
+    case("config-directory", "config validate {in}/config", 1, "config' is a folder; allowed: a YAML file"),
     case("config-unknown-key", "config validate {in}/config/unknown_key.yaml", 1, "unknown field 'data.nmae'"),
     case("config-unknown-section", "config validate {in}/config/unknown_section.yaml", 1, "unknown field 'daat'"),
     case("config-wrong-type", "config validate {in}/config/wrong_type.yaml", 1,
