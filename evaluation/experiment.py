@@ -42,11 +42,11 @@ def generate_timed(pipeline: LatentDiffusionPipeline, conditions: ConditionInput
     return to_uint8_rgb(images), n / (time.perf_counter() - start)
 
 
-def _sample_metrics(pipeline: LatentDiffusionPipeline, conditions: EvaluationConditions, sampling: SamplingConfig,
-                    evaluation: EvaluationConfig, workdir: Path) -> MetricsReport:
+def _sample_metrics(pipeline: LatentDiffusionPipeline, conditions: EvaluationConditions, reference: ReferenceSet,
+                    sampling: SamplingConfig, evaluation: EvaluationConfig, workdir: Path) -> MetricsReport:
     images, images_per_s = generate_timed(pipeline, conditions.inputs, evaluation.num_samples, sampling,
                                           evaluation.seed, evaluation.batch_size)
-    report = compute_generation_metrics(images, pipeline.config.data, evaluation, workdir)
+    report = compute_generation_metrics(images, pipeline.config.data, evaluation, workdir, reference)
     report["sample_images_per_s"] = images_per_s
     if conditions.target_labels is not None:
         classifier = load_domain_extractor(pipeline.config.data, workdir)
@@ -54,25 +54,30 @@ def _sample_metrics(pipeline: LatentDiffusionPipeline, conditions: EvaluationCon
     return report
 
 
-def intermediate_fid(workdir: Path) -> Callable[[LatentDiffusionPipeline], dict[str, float]]:
+IntermediateFid = Callable[[LatentDiffusionPipeline], dict[str, float]]
+
+
+def intermediate_fid(cfg: ExperimentConfig, workdir: Path) -> IntermediateFid | None:
     """FID per extractor on `evaluation.fid_every_samples` samples: the FID-against-step curve and its pruner.
 
-    Conditions, reference set and extractors depend only on the config, so they are built at the first call and
-    reused at every later step (each call used to rebuild the datasets).
+    None when `evaluation.fid_every` is unset. The reference set is built here, before training, so that more
+    samples than the reference split holds fail at once; conditions and extractors are built at the first call
+    (they need the model) and reused at every later step.
     """
-    fixed: list[tuple[ConditionInputs, ReferenceSet, list[FidelityExtractor]]] = []
+    evaluation = cfg.evaluation.model_copy(update={"num_samples": cfg.evaluation.fid_every_samples})
+    if evaluation.fid_every is None:
+        return None
+    reference = reference_set(cfg.data, evaluation.reference_split, evaluation.num_samples, evaluation.seed, workdir,
+                              size_field="evaluation.fid_every_samples")
+    fixed: list[tuple[ConditionInputs, list[FidelityExtractor]]] = []
 
     def measure(pipeline: LatentDiffusionPipeline) -> dict[str, float]:
-        cfg = pipeline.config
-        evaluation = cfg.evaluation.model_copy(update={"num_samples": cfg.evaluation.fid_every_samples})
         if not fixed:
             fixed.append((draw_conditions(pipeline, evaluation, workdir).inputs,
-                          reference_set(cfg.data, evaluation.reference_split, evaluation.num_samples,
-                                        evaluation.seed, workdir),
                           [resolve_extractor(name, cfg.data, workdir, evaluation.inception_weights)
                            for name in evaluation.extractors]))
-        conditions, reference, extractors = fixed[0]
-        images, _ = generate_timed(pipeline, conditions, evaluation.num_samples, cfg.diffusion.sampling,
+        conditions, extractors = fixed[0]
+        images, _ = generate_timed(pipeline, conditions, evaluation.num_samples, pipeline.config.diffusion.sampling,
                                    evaluation.seed, evaluation.batch_size)
         measured: dict[str, float] = {}
         for extractor in extractors:
@@ -113,19 +118,21 @@ def evaluate_experiment(cfg: ExperimentConfig | None, checkpoint: Path, workdir:
     pipeline = LatentDiffusionPipeline.from_checkpoint(checkpoint, device=device)
     cfg = build_config((cfg or pipeline.config).model_dump(mode="json"), overrides)
     evaluation, sampling = cfg.evaluation, cfg.diffusion.sampling
+    reference = reference_set(pipeline.config.data, evaluation.reference_split, evaluation.num_samples,
+                              evaluation.seed, workdir)
     conditions = draw_conditions(pipeline, evaluation, workdir)
 
-    report = _sample_metrics(pipeline, conditions, sampling, evaluation, workdir)
+    report = _sample_metrics(pipeline, conditions, reference, sampling, evaluation, workdir)
     meta = report.pop(META_KEY)
     meta.update(sampler=sampling.sampler, steps=sampling.steps, eta=sampling.eta,
                 guidance_scale=sampling.guidance_scale, checkpoint=str(checkpoint))
     for scale in evaluation.guidance_scales:
-        variant = _sample_metrics(pipeline, conditions, sampling.model_copy(update={"guidance_scale": scale}),
-                                  evaluation, workdir)
+        variant = _sample_metrics(pipeline, conditions, reference,
+                                  sampling.model_copy(update={"guidance_scale": scale}), evaluation, workdir)
         report.update({f"g{scale:g}/{k}": v for k, v in metric_values(variant).items()})
     for steps in evaluation.ddim_steps:
-        variant = _sample_metrics(pipeline, conditions, sampling.model_copy(update={"sampler": "ddim", "steps": steps}),
-                                  evaluation, workdir)
+        variant = _sample_metrics(pipeline, conditions, reference,
+                                  sampling.model_copy(update={"sampler": "ddim", "steps": steps}), evaluation, workdir)
         report.update({f"ddim{steps}/{k}": v for k, v in metric_values(variant).items()})
     reconstruction = compute_reconstruction_metrics(pipeline.first_stage, cfg.data, evaluation, workdir)
     report.update(metric_values(reconstruction))

@@ -1,7 +1,7 @@
 """Sample quality: generated images against a fixed, seeded reference set, every number computed by torch-fidelity.
 
 Conventions (stated in every result's `meta`): the reference set is the first N images of the reference split
-in an order seeded by `evaluation.seed`, N = number of generated images (all of the split if it is smaller);
+in an order seeded by `evaluation.seed`, N = number of generated images (more than the split holds is an error);
 `kid_subset_size` is clamped to min(requested, N, N_ref); reference features are cached under a name that
 fixes dataset, split, resolution, channels, count, seed and extractor weights; generated images never are.
 """
@@ -96,11 +96,19 @@ class ReferenceSet:
         return f"{self.cache_stem}-{extractor.name}-{extractor.cache_tag}"
 
 
-def reference_set(data: DataConfig, split: Split, size: int, seed: int, workdir: Path) -> ReferenceSet:
-    """The first `size` images (all, if the split is smaller) of `split`, in an order seeded by `seed`."""
+def reference_set(data: DataConfig, split: Split, size: int, seed: int, workdir: Path,
+                  size_field: str = "evaluation.num_samples") -> ReferenceSet:
+    """The first `size` images of `split`, in an order seeded by `seed`.
+
+    A `size` beyond the split is a UserError naming `size_field`, the setting that asked for it: build the set
+    before generating, so that the error comes before the expensive work.
+    """
     dataset = build_dataset(data, split, workdir)
+    if size > len(dataset):
+        raise UserError(f"{size_field}={size} exceeds the {len(dataset)} images of reference split '{split}'; "
+                        f"allowed: <= {len(dataset)}, or another evaluation.reference_split")
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
-    indices = order[: min(size, len(dataset))]
+    indices = order[:size]
     digest = hashlib.sha256(json.dumps(data_identity(data), sort_keys=True).encode()).hexdigest()[:8]
     stem = f"ref-{data.name}-{split}-{data.resolution}px-{data.channels}ch-n{len(indices)}-seed{seed}-{digest}"
     return ReferenceSet(dataset, indices, stem)
@@ -141,17 +149,18 @@ def as_uint8_dataset(generated: torch.Tensor | Dataset) -> Dataset:
 
 
 def compute_generation_metrics(generated: torch.Tensor | Dataset, data: DataConfig, evaluation: EvaluationConfig,
-                               workdir: Path) -> MetricsReport:
-    """FID/KID/precision/recall/IS of `generated` against the reference split, for each of `evaluation.extractors`."""
+                               workdir: Path, reference: ReferenceSet | None = None) -> MetricsReport:
+    """FID/KID/precision/recall/IS of `generated` against the reference split, for each of `evaluation.extractors`.
+
+    `reference` is `reference_set` of as many images as are generated; it is built here when not given.
+    """
     images = as_uint8_dataset(generated)
     if len(images) < MIN_SAMPLES:
         raise UserError(f"{len(images)} generated images are too few; allowed: at least {MIN_SAMPLES} "
                         f"(IS uses {ISC_SPLITS} splits, precision/recall {PRC_NEIGHBORHOOD} nearest neighbours)")
-    reference = reference_set(data, evaluation.reference_split, len(images), evaluation.seed, workdir)
+    if reference is None:
+        reference = reference_set(data, evaluation.reference_split, len(images), evaluation.seed, workdir)
     notes: list[str] = []
-    if len(reference) < len(images):
-        notes.append(f"reference split '{evaluation.reference_split}' has only {len(reference)} images "
-                     f"for {len(images)} generated ones; all of it is used")
     kid_subset_size = min(evaluation.kid_subset_size, len(images), len(reference))
     if kid_subset_size < evaluation.kid_subset_size:
         notes.append(f"kid_subset_size={evaluation.kid_subset_size} clamped to {kid_subset_size} "

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ldm.data.catalog import DatasetName, dataset_provides
 from ldm.errors import ConfigError
+from ldm.user_yaml import load_yaml_mapping, parse_yaml
 
 Split = Literal["train", "val", "test"]
 Conditioning = Literal["none", "class", "text", "concat"]
@@ -272,6 +273,8 @@ def _allowed_f(resolution: int) -> str:
 
 # ---------------------------------------------------------------- loading, presets, overrides
 
+CONFIG_SECTIONS_HINT = "a mapping of sections (" + ", ".join(ExperimentConfig.model_fields) + ")"
+
 
 def preset_names() -> list[str]:
     return sorted(p.name.removesuffix(".yaml") for p in resources.files("ldm.presets").iterdir()
@@ -282,7 +285,8 @@ def preset_dict(name: str) -> dict[str, Any]:
     names = preset_names()
     if name not in names:
         raise ConfigError(f"unknown preset '{name}'; allowed: {', '.join(names)}")
-    return yaml.safe_load(resources.files("ldm.presets").joinpath(f"{name}.yaml").read_text()) or {}
+    text = resources.files("ldm.presets").joinpath(f"{name}.yaml").read_text()
+    return parse_yaml(text, f"preset '{name}'", ConfigError) or {}
 
 
 @dataclass(frozen=True)
@@ -298,7 +302,7 @@ class Override:
         key, sep, raw = text.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"override '{text}' is not of the form section.field=value")
-        return cls(key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+        return cls(key.strip(), parse_yaml(raw, f"override '{text}'", ConfigError) if raw.strip() else None)
 
     def apply_to(self, d: dict[str, Any]) -> None:
         """Set the value in the raw config dict `d`, creating sections on the way."""
@@ -338,27 +342,28 @@ def load_config(path: Path | None = None, preset: str | None = None,
     if path is not None and preset is not None:
         raise ConfigError("give either a config file or a preset, not both")
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file '{path}' does not exist")
-        try:
-            base = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file '{path}' is not valid YAML: {e}") from None
-        if not isinstance(base, dict):
-            raise ConfigError(f"config file '{path}' must hold a mapping of sections, not {type(base).__name__}")
+        base = load_yaml_mapping(path, f"config file '{path}'", CONFIG_SECTIONS_HINT, ConfigError)
     else:
         base = preset_dict(preset or "tiny")
     return build_config(base, overrides)
 
 
 def format_validation_error(e: ValidationError) -> str:
+    """Pydantic's errors in one line, each naming the field, the value given and what is allowed."""
     lines = []
     for err in e.errors():
         loc = ".".join(str(p) for p in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = f"unknown field '{loc}'"
+        elif err["type"] == "missing":
+            msg = f"{loc}: field required"  # its input is the whole enclosing mapping, not a value to quote
+        elif err["type"] == "union_tag_not_found":
+            msg = f"{loc}: field {err['ctx']['discriminator']} required"
+        elif err["type"] == "union_tag_invalid":
+            ctx = err["ctx"]
+            field = ctx["discriminator"].strip("'")
+            msg = f"{loc}.{field}={ctx['tag']!r} is not allowed; allowed: {ctx['expected_tags']}"
         elif err["type"] == "literal_error":
             msg = f"{loc}={err['input']!r} is not allowed; {err['msg'].replace('Input should be', 'allowed:')}"
         elif loc and loc not in msg:

@@ -37,7 +37,7 @@ def run(
 ) -> None:
     """Run a study, or resume it: rerunning the same command finishes what is left."""
     from sweeps.runs import mlflow_ui_command
-    from sweeps.workers import INTERRUPTED_EXIT, run_sweep
+    from sweeps.workers import run_sweep
 
     sweep = load_spec(spec)
     workdir = resolve_workdir()
@@ -53,7 +53,7 @@ def run(
     typer.echo(f"MLflow UI: {shlex.join(mlflow_ui_command(summary.tracking_uri, workdir))}")
     if summary.interrupted:
         typer.echo("interrupted: run the same command again to resume", err=True)
-        raise typer.Exit(INTERRUPTED_EXIT)
+        raise typer.Exit(summary.exit_code)
 
 
 @app.command("status")

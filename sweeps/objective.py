@@ -20,7 +20,7 @@ def run_trial(cfg: ExperimentConfig, workdir: Path, tracker: Tracker, report: Re
     from ldm.training.autoencoder_stage import train_autoencoder
     from ldm.training.diffusion_stage import train_diffusion
 
+    intermediate = intermediate_fid(cfg, workdir)  # first: it refuses more samples than the reference split holds
     first_stage = train_autoencoder(cfg, workdir, tracker)
-    diffusion = train_diffusion(cfg, workdir, tracker, first_stage, on_eval=report,
-                                intermediate=intermediate_fid(workdir))
+    diffusion = train_diffusion(cfg, workdir, tracker, first_stage, on_eval=report, intermediate=intermediate)
     return evaluate_experiment(cfg, diffusion, workdir, tracker)

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 import optuna
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from evaluation.metric_catalog import CATALOG, Direction, metric_info
@@ -26,6 +25,7 @@ from ldm.config import (
     parse_overrides,
 )
 from ldm.errors import ConfigError, UserError
+from ldm.user_yaml import load_yaml_mapping
 
 SamplerName = Literal["grid", "tpe", "nsga2", "random"]
 PrunerName = Literal["none", "median", "hyperband"]
@@ -339,18 +339,12 @@ def load_spec(spec: str | Path) -> SweepSpec:
             raise SpecError(f"spec '{spec}' is neither a file nor a shipped spec; shipped: "
                             f"{', '.join(shipped_spec_names())}")
         path = SHIPPED_SPECS / f"{spec}{SPEC_SUFFIX}"
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise SpecError(f"spec '{path}' is not valid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise SpecError(f"spec '{path}' must hold a mapping (name, base, space, objectives, ...), "
-                        f"not {type(raw).__name__}")
+    raw = load_yaml_mapping(path, f"spec '{path}'", "a mapping of " + ", ".join(SweepSpec.model_fields), SpecError)
     base = raw.get("base")
     if isinstance(base, dict) and base.get("config"):
         # A config file named by the spec is found next to the spec, wherever the command runs.
         base["config"] = str(path.parent / Path(base["config"]).expanduser())
-    return parse_spec(raw, source=str(path))
+    return parse_spec(raw, source=f"spec '{path}'")
 
 
 def parse_spec(raw: dict[str, Any], source: str = "spec") -> SweepSpec:

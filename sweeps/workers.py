@@ -54,7 +54,16 @@ from sweeps.study import (
 )
 
 INTERRUPTED = "interrupted"
-INTERRUPTED_EXIT = 130
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def signal_exit(signum: int | None) -> int:
+    """The exit status of a run stopped by `signum` (None: not stopped), as a shell reports a signal: 128 + its
+    number, so 130 after SIGINT (Ctrl-C) and 143 after SIGTERM."""
+    return 0 if signum is None else 128 + signum
+
+
+INTERRUPTED_EXITS = frozenset(signal_exit(s) for s in STOP_SIGNALS)
 Log = Callable[[str], None]
 Clock = Callable[[], float]  # seconds since the epoch, like `time.time`
 
@@ -79,7 +88,7 @@ class StopSignals:
     """SIGINT/SIGTERM: interrupt the running trial once, claim no new trial, pass the signal to children."""
 
     def __init__(self) -> None:
-        self.requested = False
+        self.signum: int | None = None
         self._in_trial = False
         self._children: list[subprocess.Popen] = []
 
@@ -88,17 +97,21 @@ class StopSignals:
         if threading.current_thread() is not threading.main_thread():
             yield  # only the main thread can receive signals
             return
-        previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
         try:
             yield
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
 
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
     def _handle(self, signum: int, frame: object) -> None:
         if self.requested:
             return  # a second signal must not break the clean-up of the first
-        self.requested = True
+        self.signum = signum
         for child in self._children:
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
@@ -216,7 +229,15 @@ class StudySummary:
     states: dict[str, int]
     best_trials: list[FrozenTrial]
     wall_s: float
-    interrupted: bool
+    stop_signal: int | None
+
+    @property
+    def interrupted(self) -> bool:
+        return self.stop_signal is not None
+
+    @property
+    def exit_code(self) -> int:
+        return signal_exit(self.stop_signal)
 
 
 def run_sweep(spec: SweepSpec, workdir: Path, n_trials: int | None = None, workers: int = 1,
@@ -264,7 +285,7 @@ def run_sweep(spec: SweepSpec, workdir: Path, n_trials: int | None = None, worke
         runs.close_study_run(tracking, run_status, trials, best)
     states = dict(Counter(t.state.name for t in trials))
     return StudySummary(spec.name, location, tracking.tracking_uri, tracking.parent_run_id, objective_names(study),
-                        states, best, time.monotonic() - started, stop.requested)
+                        states, best, time.monotonic() - started, stop.signum)
 
 
 def _recover(job: WorkerJob, storage: BaseStorage, study: optuna.Study, log: Log) -> None:
@@ -289,7 +310,7 @@ def _run_worker_processes(job: WorkerJob, workers: int, stop: StopSignals, log: 
         stop.forward_to(children)
         for i, child in enumerate(children):
             code = child.wait()
-            if code not in (0, INTERRUPTED_EXIT):
+            if code not in (0, *INTERRUPTED_EXITS):
                 log(f"worker {i} exited with code {code}")
     finally:
         job_file.unlink(missing_ok=True)
@@ -340,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     stop = StopSignals()
     with stop.installed():
         run_worker(job, trial_fn, stop, lambda line: print(f"[w{args.index}] {line}", flush=True))
-    return INTERRUPTED_EXIT if stop.requested else 0
+    return signal_exit(stop.signum)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ from evaluation.extractors.domain import load_domain_extractor
 from evaluation.generation import compute_generation_metrics, conditioning_accuracy
 from evaluation.metric_catalog import metric_info
 from ldm.config import Override, load_config
+from ldm.data.registry import build_dataset
+from ldm.errors import UserError
 from ldm.diffusion.conditioning import ConditionInputs
 from ldm.paths import WORKDIR_ENV
 from ldm.tracking import NullTracker
@@ -151,13 +153,39 @@ def test_intermediate_fid_is_logged_every_fid_every_steps(workdir: Path) -> None
         Override("evaluation.fid_every", 2), Override("evaluation.fid_every_samples", 10), Override("training.seed", 1)])
     checkpoint = train_diffusion(cfg, workdir, Recorder(),
                                  on_eval=lambda name, value, step: reported.append((name, step)),
-                                 intermediate=intermediate_fid(workdir))
+                                 intermediate=intermediate_fid(cfg, workdir))
     assert [step for step, metrics in logged if "fid_domain" in metrics] == [2, 4]
     # The last one was measured on the final EMA weights, which the checkpoint holds.
     final = LatentDiffusionPipeline.from_checkpoint(checkpoint)
     last = [metrics for _, metrics in logged if "fid_domain" in metrics][-1]
-    assert intermediate_fid(workdir)(final)["fid_domain"] == last["fid_domain"]
+    assert intermediate_fid(cfg, workdir)(final)["fid_domain"] == last["fid_domain"]
     assert [r for r in reported if r[0] == "fid_domain"] == [("fid_domain", 2), ("fid_domain", 4)]
+
+
+def test_eval_refuses_more_samples_than_the_reference_split_before_generating(
+        class_model: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def generate(*args: object, **kwargs: object) -> None:
+        raise AssertionError("generated before the sample count was checked")
+
+    monkeypatch.setattr(LatentDiffusionPipeline, "generate", generate)
+    split = len(build_dataset(load_config(preset="micro").data, "test", workdir))
+    result = CliRunner().invoke(app, ["--workdir", str(workdir), "eval", "--checkpoint", str(class_model),
+                                      "--num-samples", str(split + 1)], env={WORKDIR_ENV: str(workdir)})
+    assert result.exit_code == 1, result.output
+    assert result.output == (f"Error: evaluation.num_samples={split + 1} exceeds the {split} images of reference split "
+                             f"'test'; allowed: <= {split}, or another evaluation.reference_split\n")
+
+
+def test_intermediate_fid_refuses_more_samples_than_the_reference_split_before_training(workdir: Path) -> None:
+    cfg = load_config(preset="micro", overrides=[Override("evaluation.fid_every", 2)])
+    split = len(build_dataset(cfg.data, "val", workdir))
+    cfg = load_config(preset="micro", overrides=[Override("evaluation.fid_every", 2),
+                                                 Override("evaluation.reference_split", "val"),
+                                                 Override("evaluation.fid_every_samples", split + 1)])
+    with pytest.raises(UserError, match=rf"^evaluation.fid_every_samples={split + 1} exceeds the {split} images of "
+                                        rf"reference split 'val'; allowed: <= {split}"):
+        intermediate_fid(cfg, workdir)
+    assert intermediate_fid(load_config(preset="micro"), workdir) is None  # no fid_every: nothing to check
 
 
 def test_metrics_see_the_pipelines_own_pixels(class_model: Path) -> None:

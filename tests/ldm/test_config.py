@@ -106,6 +106,26 @@ def test_file_errors(tmp_path: Path) -> None:
         load_config(bad, preset="tiny")
 
 
+@pytest.mark.parametrize("text, message", [
+    ("", "config file '{path}' is empty; allowed: a mapping of sections (name, data, autoencoder"),
+    ("training:\n  seed: 1\n  diffusion: {steps: 2}\n  seed: 2\n",
+     "config file '{path}' is not valid YAML: line 4, column 3: duplicate key 'seed' (first at line 2)"),
+])
+def test_empty_files_and_repeated_keys_are_refused(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value).startswith(message.format(path=path))
+
+
+def test_override_values_refuse_bad_yaml_and_repeated_keys() -> None:
+    with pytest.raises(ConfigError, match=r"^override 'data=\{a: 1, a: 2\}' is not valid YAML: .*duplicate key 'a'"):
+        Override.parse("data={a: 1, a: 2}")
+    with pytest.raises(ConfigError, match=r"^override 'name=\[1' is not valid YAML: line 1"):
+        Override.parse("name=[1")
+
+
 def test_build_config_does_not_mutate_base() -> None:
     base = yaml.safe_load(ExperimentConfig().to_yaml())
     build_config(base, parse_overrides(["autoencoder.f=8"]))

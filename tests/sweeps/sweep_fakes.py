@@ -116,7 +116,7 @@ def main() -> None:
     from sweeps.workers import run_sweep
 
     summary = run_sweep(parse_spec(json.loads(sys.argv[1])), Path(sys.argv[2]), trial_fn=quick_trial)
-    sys.exit(130 if summary.interrupted else 0)
+    sys.exit(summary.exit_code)
 
 
 if __name__ == "__main__":

@@ -5,14 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import optuna
+import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 from sweep_fakes import workdir_with_tracking_store
 
 import evaluation.experiment
-from ldm.config import ExperimentConfig
+import ldm.training.autoencoder_stage
+from ldm.config import ExperimentConfig, Override, load_config
+from ldm.errors import UserError
 from ldm.paths import default_tracking_uri
-from ldm.tracking import Tracker
+from ldm.tracking import NullTracker, Tracker
 from sweeps.objective import run_trial
 from sweeps.spec import parse_spec
 from sweeps.study import open_storage, storage_location
@@ -53,3 +56,15 @@ def test_run_trial_trains_both_stages_shares_the_first_stage_and_reports_val_los
         assert trial.intermediate_values == {m.step: m.value for m in history} and set(trial.intermediate_values) \
             == {2, 4}
         assert client.get_metric_history(trial.user_attrs["mlflow_run_id"], "diffusion/loss")
+
+
+def test_run_trial_refuses_more_intermediate_fid_samples_than_the_reference_holds_before_training(tmp_path,
+                                                                                                monkeypatch):
+    def train_autoencoder(*args, **kwargs):
+        raise AssertionError("training started before the sample count was checked")
+
+    monkeypatch.setattr(ldm.training.autoencoder_stage, "train_autoencoder", train_autoencoder)
+    cfg = load_config(preset="micro", overrides=[Override("evaluation.fid_every", 2),
+                                                 Override("evaluation.fid_every_samples", 10**6)])
+    with pytest.raises(UserError, match="^evaluation.fid_every_samples=1000000 exceeds the"):
+        run_trial(cfg, tmp_path, NullTracker(), lambda metric, value, step: None)

@@ -57,6 +57,10 @@ def spec_with(**changes):
     ({"sampler": "random", "n_trials": 2, "space": {"autoencoder.kl_weight": {"type": "float", "low": 0,
                                                                            "high": 1, "log": True}}},
      "log=true needs low > 0 (got low=0.0)"),
+    ({"space": {"autoencoder.f": {"type": "categorical"}}}, "space.autoencoder.f.categorical.choices: field required"),
+    ({"space": {"autoencoder.f": {"choices": [1, 2]}}}, "space.autoencoder.f: field 'type' required"),
+    ({"space": {"autoencoder.f": {"type": "normal"}}},
+     "space.autoencoder.f.type='normal' is not allowed; allowed: 'categorical', 'int', 'float'"),
     ({"sampler": "annealing"}, "sampler='annealing' is not allowed; allowed: 'grid', 'tpe', 'nsga2' or 'random'"),
     ({"seeds": [0, 0]}, "seeds=[0, 0] repeat a seed"),
     ({"space": {"autoencoder.f": {"type": "categorical", "choices": [1, 2]},
@@ -73,6 +77,13 @@ def test_invalid_spec_is_rejected_with_its_reason(changes, message):
     with pytest.raises(SpecError) as e:
         spec_with(**changes)
     assert message in str(e.value)
+
+
+def test_a_missing_field_is_named_without_quoting_the_whole_spec():
+    raw = {k: v for k, v in BASE.items() if k != "objectives"}
+    with pytest.raises(SpecError) as e:
+        parse_spec(raw, source="spec 'x.yaml'")
+    assert str(e.value) == "spec 'x.yaml': objectives: field required"
 
 
 def test_first_stage_fields_are_swept_freely_where_they_take_effect():
@@ -160,6 +171,14 @@ def test_spec_file_finds_its_config_next_to_it_and_reports_bad_files(tmp_path):
         load_spec(tmp_path / "bad.yaml")
     with pytest.raises(SpecError, match="spec 'nope' is neither a file nor a shipped spec; shipped: conditioning"):
         load_spec("nope")
+    (tmp_path / "dup.yaml").write_text("name: s\nspace:\n  autoencoder.f: {type: categorical, choices: [1]}\n"
+                                       "  autoencoder.f: {type: categorical, choices: [2]}\n")
+    with pytest.raises(SpecError, match=r"^spec '.*dup.yaml' is not valid YAML: line 4, column 3: duplicate key "
+                                        r"'autoencoder.f' \(first at line 3\)"):
+        load_spec(tmp_path / "dup.yaml")
+    (tmp_path / "empty.yaml").write_text("")
+    with pytest.raises(SpecError, match=r"^spec '.*empty.yaml' is empty; allowed: a mapping of name, description"):
+        load_spec(tmp_path / "empty.yaml")
     (tmp_path / "list.yaml").write_text(json.dumps([1]))
     with pytest.raises(SpecError, match="must hold a mapping"):
         load_spec(tmp_path / "list.yaml")

@@ -133,7 +133,7 @@ def test_sweep_process_killed_then_terminated_resumes_to_completion(workdir, tmp
     process = subprocess.Popen(command)
     wait_for(tmp_path / "second", process)
     process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=120) == 130
+    assert process.wait(timeout=120) == 143  # 128 + SIGTERM
     states = [(t.state, t.user_attrs.get("ldm.fail_reason")) for t in trials("resumed", workdir)]
     assert states == [(TrialState.COMPLETE, None), (TrialState.FAIL, STALE_REASON), (TrialState.COMPLETE, None),
                       (TrialState.FAIL, "interrupted")]
@@ -148,3 +148,25 @@ def test_sweep_process_killed_then_terminated_resumes_to_completion(workdir, tmp
     assert complete == [1, 2, 4]
     statuses = runs_by_status("resumed", workdir)
     assert "RUNNING" not in statuses and statuses["FINISHED"].count("study") == 1
+
+
+# `ldm` itself, with the instant fake trial in place of training (as tests/sweeps/test_sweep_cli.py does in-process).
+LDM_WITH_FAKE_TRIAL = ("import functools, sweep_fakes, sweeps.workers as w; "
+                       "w.run_sweep = functools.partial(w.run_sweep, trial_fn=sweep_fakes.quick_trial); "
+                       "from ldm_cli.main import app; app()")
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_ldm_sweep_run_exits_128_plus_the_signal_that_stopped_it(workdir, tmp_path, monkeypatch, signum, code):
+    spec = tmp_path / "signalled.yaml"
+    spec.write_text(json.dumps(raw_spec("signalled", f=(2,))))
+    monkeypatch.setenv("SWEEP_FAKE_DIE", "wait")
+    monkeypatch.setenv("SWEEP_FAKE_MARKER", str(tmp_path / "running"))
+    process = subprocess.Popen([sys.executable, "-c", LDM_WITH_FAKE_TRIAL, "--workdir", str(workdir),
+                                "sweep", "run", str(spec)], stderr=subprocess.PIPE, text=True)
+    wait_for(tmp_path / "running", process)
+    process.send_signal(signum)
+    assert process.wait(timeout=120) == code
+    assert "interrupted: run the same command again to resume" in process.stderr.read()
+    assert [(t.state, t.user_attrs.get("ldm.fail_reason")) for t in trials("signalled", workdir)] == [
+        (TrialState.FAIL, "interrupted")]
