@@ -1,5 +1,12 @@
-"""One torch thread per test process: `pytest -n 2` runs two processes on two cores."""
+"""One torch thread per test process (`pytest -n 2` runs two processes on two cores); shared test helpers importable."""
+
+import sys
+from pathlib import Path
 
 import torch
 
 torch.set_num_threads(1)
+
+HELPERS = str(Path(__file__).resolve().parent)
+if HELPERS not in sys.path:
+    sys.path.insert(0, HELPERS)

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from process_waits import wait_for
 
 from ldm.config import load_config, parse_overrides
 from ldm.locks import GRACE_S, exclusive, lock_file
@@ -30,13 +31,6 @@ with exclusive(Path(sys.argv[1])):
     time.sleep(600)
 """
 
-
-def wait_for(path: Path, process: subprocess.Popen, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert process.poll() is None, f"process ended early with code {process.returncode}"
-        assert time.monotonic() < deadline, f"{path} did not appear"
-        time.sleep(0.05)
 
 
 def test_processes_needing_one_first_stage_train_it_once_and_share_it(tmp_path: Path) -> None:

@@ -7,13 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
+from process_waits import wait_for
 from sweep_fakes import HELPERS_DIR, executions, quick_trial, workdir_with_tracking_store
 
 from ldm.paths import default_tracking_uri
@@ -50,13 +50,6 @@ def runs_by_status(name: str, workdir: Path) -> dict[str, list[str]]:
         out.setdefault(run.info.status, []).append(run.data.tags["ldm.role"])
     return out
 
-
-def wait_for(path: Path, process: subprocess.Popen, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert process.poll() is None, f"sweep process ended early with code {process.returncode}"
-        assert time.monotonic() < deadline, f"{path} did not appear"
-        time.sleep(0.1)
 
 
 def test_two_workers_run_every_grid_point_exactly_once(workdir, tmp_path, monkeypatch):
