@@ -102,12 +102,10 @@ class Decoder(nn.Module):
 class FirstStage(nn.Module, ABC):
     """Maps images in [-1, 1] to latents of shape (c, H/f, W/f) and back.
 
-    `trainable`: whether stage 1 has anything to learn; `rescales_latents`: whether diffusion sees the latents
-    scaled by 1/std (the scale factor) rather than as they are.
+    `trainable`: whether stage 1 has anything to learn.
     """
 
     trainable: bool = True
-    rescales_latents: bool = True
 
     def __init__(self, config: AutoencoderConfig, image_channels: int) -> None:
         super().__init__()
@@ -118,6 +116,11 @@ class FirstStage(nn.Module, ABC):
     @abstractmethod
     def latent_channels(self) -> int:
         """Channels c of the latent."""
+
+    @property
+    @abstractmethod
+    def rescales_latents(self) -> bool:
+        """Whether diffusion sees the latents scaled by the scale factor (1/std) rather than as they are."""
 
     @abstractmethod
     def bits_per_pixel(self, resolution: int, mean_kl_nats: float) -> float:
@@ -211,7 +214,7 @@ class Autoencoder(FirstStage):
         self.decoder = Decoder(config, c, image_channels)
 
     @property
-    def rescales_latents(self) -> bool:  # type: ignore[override]
+    def rescales_latents(self) -> bool:
         return self.regularizer.rescales_latents
 
     @property
