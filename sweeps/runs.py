@@ -15,7 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ldm.config import ExperimentConfig
 from ldm.io import atomic_write_text
-from ldm.tracking import MlflowTracker, Role, Tag
+from ldm.tracking import MlflowTracker, Role, Tag, TrialOutcome
 from ldm.tracking.runs import artifact_root, describe_run, experiment_id, start_run
 from sweeps.spec import SweepSpec
 
@@ -98,13 +98,21 @@ def describe_trial_run(tracker: MlflowTracker, cfg: ExperimentConfig, config_fil
     tracker.log_artifact(config_file)
 
 
-def end_trial_run(tracker: MlflowTracker, status: str, reason: str | None = None,
+RUN_STATUS: dict[TrialOutcome, str] = {
+    TrialOutcome.COMPLETE: "FINISHED",
+    TrialOutcome.FAILED: "FAILED",
+    TrialOutcome.PRUNED: "KILLED",
+    TrialOutcome.INTERRUPTED: "KILLED",
+    TrialOutcome.WORKER_DIED: "KILLED",
+}
+
+
+def end_trial_run(tracker: MlflowTracker, outcome: TrialOutcome, reason: str | None = None,
                   files: Iterable[Path] = ()) -> None:
     for path in files:
         tracker.log_artifact(path)
-    if reason is not None:
-        tracker.set_tags({Tag.FAIL_REASON: reason})
-    tracker.end(status)
+    tracker.set_tags({Tag.TRIAL_OUTCOME: outcome, **({Tag.FAIL_REASON: reason} if reason is not None else {})})
+    tracker.end(RUN_STATUS[outcome])
 
 
 def close_stale_runs(tracking: StudyTracking, stale_run_ids: Iterable[str], live_trials: set[int],
@@ -117,6 +125,7 @@ def close_stale_runs(tracking: StudyTracking, stale_run_ids: Iterable[str], live
     killed = sorted(set(stale_run_ids) | set(orphans))
     for run_id in killed:
         tracking.client.set_tag(run_id, Tag.FAIL_REASON, reason)
-        tracking.client.set_terminated(run_id, "KILLED")
+        tracking.client.set_tag(run_id, Tag.TRIAL_OUTCOME, TrialOutcome.WORKER_DIED)
+        tracking.client.set_terminated(run_id, RUN_STATUS[TrialOutcome.WORKER_DIED])
     return killed
 

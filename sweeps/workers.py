@@ -28,6 +28,7 @@ from pydantic import BaseModel
 
 from ldm.errors import UserError
 from ldm.io import atomic_write_text
+from ldm.tracking import TrialOutcome
 from ldm.tracking.runs import resolve_tracking_uri
 from sweeps import runs
 from sweeps.objective import Reporter, TrialFn, run_trial
@@ -133,7 +134,7 @@ class StopSignals:
 
 
 @dataclass(frozen=True)
-class TrialOutcome:
+class TrialResult:
     number: int
     state: TrialState
     point: TrialPoint
@@ -148,7 +149,7 @@ class TrialOutcome:
 
 
 def run_trial_in_study(job: WorkerJob, study: optuna.Study, trial: optuna.Trial, trial_fn: TrialFn,
-                       stop: StopSignals) -> TrialOutcome:
+                       stop: StopSignals) -> TrialResult:
     """One claimed trial: its MLflow child run, the trial function, and its final state in both places."""
     started = time.monotonic()
     spec = job.spec
@@ -157,16 +158,16 @@ def run_trial_in_study(job: WorkerJob, study: optuna.Study, trial: optuna.Trial,
     tracker = runs.start_trial_run(job.tracking, spec.name, trial.number)
     trial.set_user_attr(RUN_ID_ATTR, tracker.run_id)
 
-    def finish(state: TrialState, run_status: str, reason: str | None = None, retry: bool = False,
-               values: list[float] | None = None, files: tuple[Path, ...] = ()) -> TrialOutcome:
-        runs.end_trial_run(tracker, run_status, reason, files)
+    def finish(state: TrialState, outcome: TrialOutcome, reason: str | None = None, retry: bool = False,
+               values: list[float] | None = None, files: tuple[Path, ...] = ()) -> TrialResult:
+        runs.end_trial_run(tracker, outcome, reason, files)
         if reason is not None:
             trial.set_user_attr(FAIL_REASON_ATTR, reason)
         if retry:
             trial.set_user_attr(RETRY_ATTR, True)
         study.tell(trial, values, state=state)
         named = dict(zip([o.metric for o in spec.objectives], values or []))
-        return TrialOutcome(trial.number, state, point, time.monotonic() - started, named, reason)
+        return TrialResult(trial.number, state, point, time.monotonic() - started, named, reason)
 
     try:
         cfg = spec.trial_config(point)
@@ -178,16 +179,17 @@ def run_trial_in_study(job: WorkerJob, study: optuna.Study, trial: optuna.Trial,
             metrics = trial_fn(cfg, job.workdir, tracker, _reporter(spec, trial))
         values = spec.objective_values(metrics)
     except optuna.TrialPruned as e:
-        return finish(TrialState.PRUNED, "KILLED", str(e) or "pruned")
+        return finish(TrialState.PRUNED, TrialOutcome.PRUNED, str(e) or "pruned")
     except Interrupted:
-        return finish(TrialState.FAIL, "KILLED", INTERRUPTED, retry=True)
+        return finish(TrialState.FAIL, TrialOutcome.INTERRUPTED, INTERRUPTED, retry=True)
     except Exception as e:
         traceback_file = trial_dir / "traceback.txt"
         atomic_write_text(traceback_file, traceback.format_exc())
-        return finish(TrialState.FAIL, "FAILED", f"{type(e).__name__}: {e}"[:500], files=(traceback_file,))
+        return finish(TrialState.FAIL, TrialOutcome.FAILED, f"{type(e).__name__}: {e}"[:500],
+                      files=(traceback_file,))
     metrics_file = trial_dir / "metrics.json"
     atomic_write_text(metrics_file, json.dumps(metrics, indent=2, sort_keys=True))
-    return finish(TrialState.COMPLETE, "FINISHED", values=values, files=(metrics_file,))
+    return finish(TrialState.COMPLETE, TrialOutcome.COMPLETE, values=values, files=(metrics_file,))
 
 
 def _reporter(spec: SweepSpec, trial: optuna.Trial) -> Reporter:

@@ -3,7 +3,7 @@
 `ldm.tracking.runs` imports torch, so it is not imported here: `ldm --help` imports this package.
 """
 
-from ldm.tracking.tags import Role, Tag
+from ldm.tracking.tags import Role, Tag, TrialOutcome
 from ldm.tracking.tracker import MlflowTracker, NullTracker, Tracker, flatten
 
-__all__ = ["MlflowTracker", "NullTracker", "Role", "Tag", "Tracker", "flatten"]
+__all__ = ["MlflowTracker", "NullTracker", "Role", "Tag", "Tracker", "TrialOutcome", "flatten"]

@@ -20,6 +20,7 @@ class Tag(StrEnum):
     STUDY = "ldm.study"
     TRIAL_NUMBER = "ldm.trial_number"
     FAIL_REASON = "ldm.fail_reason"
+    TRIAL_OUTCOME = "ldm.trial_outcome"  # a `TrialOutcome` value, set when the trial run ends
     SAMPLER = "ldm.sampler"
     OBJECTIVES = "ldm.objectives"
     BEST_TRIALS = "ldm.best_trials"
@@ -38,3 +39,13 @@ class Role(StrEnum):
 
     STUDY = "study"
     TRIAL = "trial"
+
+
+class TrialOutcome(StrEnum):
+    """Values of `Tag.TRIAL_OUTCOME`: why a trial run ended; only `COMPLETE` runs enter a report's aggregates."""
+
+    COMPLETE = "complete"
+    PRUNED = "pruned"  # stopped by the pruner on an intermediate result
+    FAILED = "failed"  # the trial raised; the reason is in `Tag.FAIL_REASON`
+    INTERRUPTED = "interrupted"  # SIGINT/SIGTERM to its worker; the trial is queued again
+    WORKER_DIED = "worker_died"  # its worker stopped heart-beating; the trial is queued again
