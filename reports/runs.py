@@ -22,7 +22,7 @@ from ldm.config import ExperimentConfig
 from ldm.errors import UserError
 from ldm.tracking import Role, Tag, flatten
 from reports.design import spec_levels
-from sweeps.runs import SPEC_ARTIFACT
+from sweeps.runs import SPEC_ARTIFACT, SWEPT_PARAM_PREFIX
 
 MISSING_VALUE = "n/a"
 
@@ -202,7 +202,8 @@ def swept_factors(finished: pd.DataFrame) -> tuple[str, ...]:
 
 def _as_factors(params: Iterable[str]) -> tuple[str, ...]:
     """Params without seeds and non-semantic fields, in the order tables list them."""
-    factors = [p for p in params if not is_seed(p) and p not in NON_FACTOR_PARAMS]
+    factors = [p for p in params if not is_seed(p) and p not in NON_FACTOR_PARAMS
+               and not p.startswith(SWEPT_PARAM_PREFIX)]  # the sweep's copies of the swept params
     known = list(FACTOR_LABELS)
     return tuple(sorted(factors, key=lambda p: (known.index(p) if p in known else len(known), p)))
 

@@ -10,10 +10,13 @@ from ldm.tracking import Tracker
 
 # `report(metric, value, step)`: an intermediate result (val_loss, fid_<extractor>) for the pruner.
 Reporter = Callable[[str, float, int], None]
-TrialFn = Callable[[ExperimentConfig, Path, Tracker, Reporter], dict[str, float]]
+# (config, workdir, tracker, report, resume): `resume` continues the diffusion stage from the checkpoint that
+# the worker placed in the run folder (a retried trial's dead attempt left it).
+TrialFn = Callable[[ExperimentConfig, Path, Tracker, Reporter, bool], dict[str, float]]
 
 
-def run_trial(cfg: ExperimentConfig, workdir: Path, tracker: Tracker, report: Reporter) -> dict[str, float]:
+def run_trial(cfg: ExperimentConfig, workdir: Path, tracker: Tracker, report: Reporter,
+              resume: bool = False) -> dict[str, float]:
     """Every metric of one configuration; a first stage with the same `first_stage_hash()` is reused."""
     # Imported here so that the study machinery (status, validation, the CLI) loads without the model code.
     from evaluation.experiment import evaluate_experiment, intermediate_fid
@@ -22,5 +25,6 @@ def run_trial(cfg: ExperimentConfig, workdir: Path, tracker: Tracker, report: Re
 
     intermediate = intermediate_fid(cfg, workdir)  # first: it refuses more samples than the reference split holds
     first_stage = train_autoencoder(cfg, workdir, tracker)
-    diffusion = train_diffusion(cfg, workdir, tracker, first_stage, on_eval=report, intermediate=intermediate)
+    diffusion = train_diffusion(cfg, workdir, tracker, first_stage, resume=resume, on_eval=report,
+                                intermediate=intermediate)
     return evaluate_experiment(cfg, diffusion, workdir, tracker)

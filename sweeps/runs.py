@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import sys
 from collections import Counter
 from collections.abc import Iterable
@@ -17,7 +19,7 @@ from ldm.config import ExperimentConfig
 from ldm.io import atomic_write_text
 from ldm.tracking import MlflowTracker, Role, Tag, TrialOutcome
 from ldm.tracking.runs import artifact_root, describe_run, experiment_id, start_run
-from sweeps.spec import SweepSpec
+from sweeps.spec import SweepSpec, TrialPoint
 
 SPEC_ARTIFACT = "spec.yaml"  # the spec as the parent run logs it; reports read the study's design from it
 
@@ -43,22 +45,25 @@ class StudyTracking:
         return MlflowClient(tracking_uri=self.tracking_uri)
 
 
-def open_study_tracking(tracking_uri: str, workdir: Path, spec: SweepSpec, spec_file: Path) -> StudyTracking:
-    """The study's experiment and its parent run (found by tag on resume), the run set RUNNING."""
+def open_study_tracking(tracking_uri: str, workdir: Path, spec: SweepSpec, spec_file: Path,
+                        parent_run_id: str | None = None) -> StudyTracking:
+    """The study's experiment and its parent run, set RUNNING: the given one, else the one found by tag, else
+    a new one (with the spec as its artifact)."""
     experiment = experiment_id(tracking_uri, spec.name, workdir)
     client = MlflowClient(tracking_uri=tracking_uri)
-    found = client.search_runs([experiment], filter_string=f"tags.`{Tag.ROLE}` = '{Role.STUDY}'", max_results=1)
-    if found:
-        run_id = found[0].info.run_id
-        client.update_run(run_id, status="RUNNING")
-    else:
-        objectives = ",".join(f"{o.metric}:{o.direction}" for o in spec.objectives)
-        parent = start_run(tracking_uri, experiment, spec.name, tags={
-            Tag.ROLE: Role.STUDY, Tag.STUDY: spec.name, Tag.SAMPLER: str(spec.sampler), Tag.OBJECTIVES: objectives})
-        atomic_write_text(spec_file, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
-        parent.log_artifact(spec_file)
-        run_id = parent.run_id
-    return StudyTracking(tracking_uri, experiment, run_id)
+    if parent_run_id is None:
+        found = client.search_runs([experiment], filter_string=f"tags.`{Tag.ROLE}` = '{Role.STUDY}'",
+                                   max_results=1)
+        parent_run_id = found[0].info.run_id if found else None
+    if parent_run_id is not None:
+        client.update_run(parent_run_id, status="RUNNING")
+        return StudyTracking(tracking_uri, experiment, parent_run_id)
+    objectives = ",".join(f"{o.metric}:{o.direction}" for o in spec.objectives)
+    parent = start_run(tracking_uri, experiment, spec.name, tags={
+        Tag.ROLE: Role.STUDY, Tag.STUDY: spec.name, Tag.SAMPLER: str(spec.sampler), Tag.OBJECTIVES: objectives})
+    atomic_write_text(spec_file, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+    parent.log_artifact(spec_file)
+    return StudyTracking(tracking_uri, experiment, parent.run_id)
 
 
 TRIAL_COUNT_TAGS: dict[TrialState, Tag] = {
@@ -85,10 +90,28 @@ def close_study_run(tracking: StudyTracking, ended: str, trials: Iterable[Frozen
     parent.end(study_run_status(ended, counts))
 
 
-def start_trial_run(tracking: StudyTracking, study: str, number: int) -> MlflowTracker:
-    return start_run(tracking.tracking_uri, tracking.experiment_id, f"trial-{number}",
-                     parent_run_id=tracking.parent_run_id,
-                     tags={Tag.ROLE: Role.TRIAL, Tag.STUDY: study, Tag.TRIAL_NUMBER: str(number)})
+SWEPT_PARAM_PREFIX = "_swept."  # swept params again under this prefix, so the UI lists them first
+
+
+def trial_run_name(point: TrialPoint) -> str:
+    """The swept values by their last path part, then the seed: `f=2 c=4 s0` (full paths where parts clash)."""
+    last = [path.rsplit(".", 1)[-1] for path in point.params]
+    names = [short if last.count(short) == 1 else path for short, path in zip(last, point.params)]
+    return " ".join([*(f"{name}={value}" for name, value in zip(names, point.params.values())), f"s{point.seed}"])
+
+
+def configuration_key(point: TrialPoint) -> str:
+    """The same for every seed of one configuration."""
+    return hashlib.sha256(json.dumps(point.params, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def start_trial_run(tracking: StudyTracking, study: str, number: int, point: TrialPoint) -> MlflowTracker:
+    tracker = start_run(tracking.tracking_uri, tracking.experiment_id, trial_run_name(point),
+                        parent_run_id=tracking.parent_run_id,
+                        tags={Tag.ROLE: Role.TRIAL, Tag.STUDY: study, Tag.TRIAL_NUMBER: str(number),
+                              Tag.CONFIGURATION: configuration_key(point)})
+    tracker.log_params({f"{SWEPT_PARAM_PREFIX}{path}": value for path, value in point.params.items()})
+    return tracker
 
 
 def describe_trial_run(tracker: MlflowTracker, cfg: ExperimentConfig, config_file: Path) -> None:

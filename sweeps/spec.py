@@ -183,6 +183,8 @@ class SweepSpec(_SpecModel):
     n_trials: int | None = Field(None, ge=1, description="default for grid: every point once")
     timeout_s: float | None = Field(None, gt=0)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    heartbeat_s: int = Field(10, ge=1, description="how often a running trial's worker proves it is alive")
+    grace_s: int = Field(60, ge=1, description="silence after which any worker fails and re-queues the trial")
 
     @field_validator("seeds")
     @classmethod
@@ -195,6 +197,9 @@ class SweepSpec(_SpecModel):
     def _consistent(self) -> SweepSpec:
         if self.sampler is None:
             self.sampler = "nsga2" if len(self.objectives) > 1 else "tpe"
+        if self.grace_s <= self.heartbeat_s:
+            raise ValueError(f"grace_s={self.grace_s} must exceed heartbeat_s={self.heartbeat_s}: a live worker "
+                             "would be taken for a dead one between two heartbeats")
         self._check_search()
         self._check_pruning()
         self._check_configs()

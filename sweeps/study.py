@@ -2,35 +2,38 @@
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
-import os
-import socket
-import uuid
-from collections.abc import Iterator
+import time
+from collections import Counter
 from pathlib import Path
 
 import optuna
 import pandas as pd
+from optuna.exceptions import DuplicatedStudyError
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from ldm.errors import UserError
+from sweeps.liveness import OWNER_ATTR, Liveness, liveness_for
 from sweeps.spec import SweepSpec, TrialPoint
 
 JOURNAL_NAME = "journal.log"
 # Trial user attributes (also what `optuna-dashboard` shows).
 SEED_ATTR = "ldm.seed"
-OWNER_ATTR = "ldm.worker"
 RUN_ID_ATTR = "mlflow_run_id"
 FAIL_REASON_ATTR = "ldm.fail_reason"
 RETRY_ATTR = "ldm.retry"
+DUPLICATE_ATTR = "ldm.duplicate_of"  # the trial that runs the same point, or -1 for a trial over the budget
+PARENT_RUN_ATTR = "ldm.parent_run_id"  # the study's MLflow parent run, set once by the study's creator
 # Study user attributes: what the study was created from, so a resume with another spec is caught.
 IDENTITY_ATTR = "ldm.identity"
 OBJECTIVES_ATTR = "ldm.objectives"
-STALE_REASON = "worker process ended without finishing the trial"
+STALE_REASON = "worker died: it stopped heart-beating"
+# A point whose trial killed its worker this often is not tried again (a crash in the trial itself).
+MAX_DEATHS = 3
+# How long a worker that did not create the study waits for its creator to set it up (seconds).
+CREATOR_WAIT_S = 60.0
 # Where `Study.enqueue_trial` keeps a queued trial's params until the trial suggests them.
 ENQUEUED_PARAMS_ATTR = "fixed_params"
 
@@ -51,15 +54,23 @@ def storage_location(study: str, workdir: Path, storage: str | None) -> str:
     return storage or str(study_dir(workdir, study) / JOURNAL_NAME)
 
 
-def open_storage(location: str) -> BaseStorage:
-    """A URL (`sqlite:///...`, `postgresql://...`) is an RDB storage; a plain path is a journal file."""
-    if "://" in location:
-        try:
-            return RDBStorage(location)
-        except Exception as e:  # SQLAlchemy raises many types for a bad URL or an unreachable server
-            raise UserError(f"cannot open Optuna storage '{location}': {e}") from None
-    Path(location).parent.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(location))
+def open_storage(location: str, liveness: Liveness | None = None) -> BaseStorage:
+    """A URL (`postgresql://...`, `sqlite:///...`) is an RDB storage; a plain path is a journal file.
+
+    Workers pass their `Liveness` (an RDB storage then records heartbeats); status and reports read without.
+    """
+    if "://" not in location:
+        Path(location).parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(location))
+    try:
+        return RDBStorage(location, **(liveness.rdb_options() if liveness is not None else {}))
+    except Exception as e:  # SQLAlchemy raises many types for a bad URL or an unreachable server
+        raise UserError(f"cannot open Optuna storage '{location}': {e}") from None
+
+
+def worker_liveness(location: str, spec: SweepSpec) -> Liveness:
+    """The spec's heartbeat; a trial failed for its dead worker has its configuration queued again at once."""
+    return liveness_for(location, spec.heartbeat_s, spec.grace_s, lambda study, _: enqueue_missing(study, spec))
 
 
 def make_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
@@ -92,21 +103,44 @@ def _identity(spec: SweepSpec) -> dict[str, object]:
             **spec.model_dump(mode="json", include={"space", "objectives", "sampler", "pruner", "prune_on", "seeds"})}
 
 
-def open_study(spec: SweepSpec, storage: BaseStorage) -> optuna.Study:
-    """Create the study, or load it when it exists and was created from the same search."""
+def open_study(spec: SweepSpec, storage: BaseStorage) -> tuple[optuna.Study, bool]:
+    """Create the study, or load it when it exists and was created from the same search; True if created here.
+
+    Creating is atomic in every storage, so of workers that start together exactly one is the creator: it
+    alone queues the grid and opens the parent run.
+    """
     directions = [o.direction for o in spec.objectives]
-    study = optuna.create_study(study_name=spec.name, storage=storage, directions=directions,
-                                sampler=make_sampler(spec), pruner=make_pruner(spec), load_if_exists=True)
+    search = {"sampler": make_sampler(spec), "pruner": make_pruner(spec)}
     identity = _identity(spec)
-    stored = study.user_attrs.get(IDENTITY_ATTR)
-    if stored is None:
-        study.set_user_attr(IDENTITY_ATTR, identity)
-        study.set_user_attr(OBJECTIVES_ATTR, [o.metric for o in spec.objectives])
-    elif stored != identity:
-        changed = ", ".join(k for k in identity if stored.get(k) != identity[k])
-        raise UserError(f"study '{spec.name}' exists with a different spec (changed: {changed}); give the "
-                        "spec a new name, or delete the study's storage to start over")
-    return study
+    try:
+        study = optuna.create_study(study_name=spec.name, storage=storage, directions=directions, **search)
+    except DuplicatedStudyError:
+        study = optuna.load_study(study_name=spec.name, storage=storage, **search)
+        stored = _wait_for_attr(study, IDENTITY_ATTR)
+        if stored is not None and stored != identity:
+            changed = ", ".join(k for k in identity if stored.get(k) != identity[k])
+            raise UserError(f"study '{spec.name}' exists with a different spec (changed: {changed}); give the "
+                            "spec a new name, or delete the study's storage to start over") from None
+        if stored is not None:
+            return study, False
+    study.set_user_attr(IDENTITY_ATTR, identity)
+    study.set_user_attr(OBJECTIVES_ATTR, [o.metric for o in spec.objectives])
+    study.set_metric_names([o.metric for o in spec.objectives])  # what optuna-dashboard shows
+    return study, True
+
+
+def _wait_for_attr(study: optuna.Study, name: str, wait_s: float = CREATOR_WAIT_S) -> object | None:
+    """A study attribute its creator sets right after creating it; None if the creator died before."""
+    deadline = time.monotonic() + wait_s
+    while (value := study.user_attrs.get(name)) is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return value
+
+
+def wait_for_parent_run(study: optuna.Study) -> str | None:
+    """The parent run id that the study's creator records once the grid is queued."""
+    value = _wait_for_attr(study, PARENT_RUN_ATTR)
+    return None if value is None else str(value)
 
 
 def load_study(study: str, storage: BaseStorage, spec: SweepSpec | None = None) -> optuna.Study:
@@ -119,73 +153,31 @@ def load_study(study: str, storage: BaseStorage, spec: SweepSpec | None = None) 
         raise UserError(f"no study '{study}' in this storage; studies there: {names}") from None
 
 
-# ---------------------------------------------------------------- trial ownership and the queue lock
+# ---------------------------------------------------------------- the queue, claims and retries
 
 
-@contextlib.contextmanager
-def _flocked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+def fail_reason(trial: FrozenTrial) -> str | None:
+    """Why a trial failed; a FAIL with no reason was failed for its dead worker (its heartbeat stopped)."""
+    reason = trial.user_attrs.get(FAIL_REASON_ATTR)
+    if reason is None and trial.state == TrialState.FAIL:
+        return STALE_REASON
+    return reason
 
 
-def queue_lock(directory: Path) -> contextlib.AbstractContextManager[None]:
-    """Serialises claiming trials, enqueueing and recovery among processes of this machine."""
-    return _flocked(directory / "queue.lock")
+def died(trial: FrozenTrial) -> bool:
+    """Failed because its worker stopped (heartbeat), not by the trial itself."""
+    return trial.state == TrialState.FAIL and FAIL_REASON_ATTR not in trial.user_attrs
 
 
-@contextlib.contextmanager
-def worker_identity(directory: Path) -> Iterator[dict[str, str]]:
-    """Hold a lock file for the life of this worker: the OS drops it on any death (SIGKILL, power loss)."""
-    path = directory.resolve() / "workers" / f"{os.getpid()}-{uuid.uuid4().hex[:8]}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield {"host": socket.gethostname(), "lock": str(path)}
-        finally:
-            path.unlink(missing_ok=True)
-
-
-def _owner_alive(trial: FrozenTrial) -> bool:
-    """Only owners on this machine can be checked; others are assumed alive."""
-    owner = trial.user_attrs.get(OWNER_ATTR)
-    if owner is None:
-        return False
-    if owner["host"] != socket.gethostname():
-        return True
-    path = Path(owner["lock"])
-    if not path.exists():
-        return False
-    with open(path) as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-    path.unlink(missing_ok=True)
-    return False
-
-
-def fail_stale_trials(storage: BaseStorage, study: optuna.Study) -> list[FrozenTrial]:
-    """RUNNING trials whose worker is gone become FAILED, to be retried. Call under `queue_lock`."""
-    stale = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if not _owner_alive(t)]
-    study_id = storage.get_study_id_from_name(study.study_name)
-    for t in stale:
-        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
-        storage.set_trial_user_attr(trial_id, FAIL_REASON_ATTR, STALE_REASON)
-        storage.set_trial_user_attr(trial_id, RETRY_ATTR, True)
-        storage.set_trial_state_values(trial_id, TrialState.FAIL)
-    return stale
+def retryable(trial: FrozenTrial) -> bool:
+    """Failed for its worker, not for its configuration: dead or interrupted. Its configuration runs again."""
+    return died(trial) or (trial.state == TrialState.FAIL and trial.user_attrs.get(RETRY_ATTR, False))
 
 
 def counts_toward_budget(trial: FrozenTrial) -> bool:
-    """Finished for good: complete, pruned, or failed for a reason other than a dead or interrupted worker."""
+    """Finished for good: complete, pruned, or failed for its own reason (not a dead worker, not a duplicate)."""
     if trial.state == TrialState.FAIL:
-        return not trial.user_attrs.get(RETRY_ATTR, False)
+        return not retryable(trial) and DUPLICATE_ATTR not in trial.user_attrs
     return trial.state in (TrialState.COMPLETE, TrialState.PRUNED)
 
 
@@ -196,19 +188,26 @@ def trial_point(trial: FrozenTrial) -> TrialPoint | None:
     return None if seed is None else TrialPoint(dict(params), seed)
 
 
+def _covered(trials: list[FrozenTrial]) -> set[str]:
+    """Points that need no new trial: finished for good, queued or running, or dead too often to try again."""
+    deaths = Counter(p.key() for t in trials if died(t) and (p := trial_point(t)) is not None)
+    return {p.key() for t in trials if (p := trial_point(t)) is not None
+            and (counts_toward_budget(t) or t.state in (TrialState.WAITING, TrialState.RUNNING)
+                 or deaths[p.key()] >= MAX_DEATHS)}
+
+
 def enqueue_missing(study: optuna.Study, spec: SweepSpec) -> int:
     """Queue every grid point (or retried configuration) that no live or finished trial covers.
 
-    Call under `queue_lock`, so two processes never queue the same point.
+    Two workers may queue the same point at the same moment; `claim_trial` then runs only one of them.
     """
     trials = study.get_trials(deepcopy=False)
-    covered = {p.key() for t in trials if (p := trial_point(t)) is not None
-               and (counts_toward_budget(t) or t.state in (TrialState.WAITING, TrialState.RUNNING))}
+    covered = _covered(trials)
     if spec.sampler == "grid":
         wanted = spec.grid_points()
     else:
-        wanted = [p for t in trials if t.state == TrialState.FAIL and t.user_attrs.get(RETRY_ATTR)
-                  and (p := trial_point(t)) is not None and set(p.params) == set(spec.space)]
+        wanted = [p for t in trials if retryable(t) and (p := trial_point(t)) is not None
+                  and set(p.params) == set(spec.space)]
     queued = 0
     for point in wanted:
         if point.key() not in covered:
@@ -218,19 +217,72 @@ def enqueue_missing(study: optuna.Study, spec: SweepSpec) -> int:
     return queued
 
 
-def claim_trial(study: optuna.Study, spec: SweepSpec, budget: int | None, directory: Path,
-                owner: dict[str, str]) -> optuna.Trial | None:
-    """The next trial for this worker (queued ones first), or None when the budget or the grid is used up."""
-    with queue_lock(directory):
-        trials = study.get_trials(deepcopy=False)
-        taken = sum(counts_toward_budget(t) or t.state == TrialState.RUNNING for t in trials)
-        if budget is not None and taken >= budget:
+def _duplicate_of(trial: FrozenTrial, trials: list[FrozenTrial]) -> FrozenTrial | None:
+    """The trial that runs this one's point instead: an earlier queued or running one, or one already done.
+
+    Trial numbers are handed out atomically by the storage, so every worker agrees on which is earlier.
+    """
+    point = trial_point(trial)
+    if point is None:
+        return None
+    key = point.key()
+    for other in trials:
+        if other.number == trial.number or DUPLICATE_ATTR in other.user_attrs:
+            continue
+        same = (p := trial_point(other)) is not None and p.key() == key
+        earlier_live = other.number < trial.number and other.state in (TrialState.WAITING, TrialState.RUNNING)
+        if same and (earlier_live or counts_toward_budget(other)):
+            return other
+    return None
+
+
+def _over_budget(trial: FrozenTrial, trials: list[FrozenTrial], budget: int | None) -> bool:
+    """A fresh trial beyond the budget: that many earlier trials are already taken."""
+    if budget is None or trial_point(trial) is not None:
+        return False
+    taken = sum(t.number < trial.number and (counts_toward_budget(t) or t.state == TrialState.RUNNING)
+                and DUPLICATE_ATTR not in t.user_attrs for t in trials)
+    return taken >= budget
+
+
+def _budget_left(study: optuna.Study, budget: int | None) -> bool:
+    trials = study.get_trials(deepcopy=False)
+    taken = sum(counts_toward_budget(t) or (t.state == TrialState.RUNNING and DUPLICATE_ATTR not in t.user_attrs)
+                for t in trials)
+    return budget is None or taken < budget
+
+
+def claim_trial(study: optuna.Study, spec: SweepSpec, budget: int | None, owner: dict[str, str]
+                ) -> optuna.Trial | None:
+    """The next trial for this worker: the earliest queued one, else (not a grid) a fresh one from the sampler.
+
+    None when there is nothing to run now. Claims go through the storage alone (Optuna's atomic WAITING ->
+    RUNNING), so workers on any number of machines run each point once: a claimed trial whose point an
+    earlier trial covers is closed as a duplicate, and never counts toward the budget.
+    """
+    while _budget_left(study, budget):
+        # Optuna's atomic queue pop, as `Study.ask` does it; called alone so that a grid never gets a
+        # sampled trial when another worker emptied the queue first.
+        trial_id = study._pop_waiting_trial_id()  # noqa: SLF001
+        if trial_id is None and spec.sampler == "grid":
             return None
-        if spec.sampler == "grid" and not any(t.state == TrialState.WAITING for t in trials):
-            return None
-        trial = study.ask()
+        trial = study.ask() if trial_id is None else optuna.Trial(study, trial_id)
         trial.set_user_attr(OWNER_ATTR, owner)
-        return trial
+        trials = study.get_trials(deepcopy=False)
+        frozen = next(t for t in trials if t.number == trial.number)
+        original = _duplicate_of(frozen, trials)
+        if original is None and not _over_budget(frozen, trials, budget):
+            return trial
+        trial.set_user_attr(DUPLICATE_ATTR, -1 if original is None else original.number)
+        trial.set_user_attr(FAIL_REASON_ATTR, "over budget" if original is None
+                            else f"duplicate of trial {original.number}")
+        study.tell(trial, state=TrialState.FAIL)
+    return None
+
+
+def study_settled(study: optuna.Study) -> bool:
+    """Nothing queued and nothing running: no trial that a worker could still take over or claim."""
+    return not study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))
 
 
 def suggest_point(study: optuna.Study, spec: SweepSpec, trial: optuna.Trial) -> TrialPoint:
@@ -280,7 +332,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             **t.params,
             **dict(zip(names, t.values or [None] * len(names))),
             "duration_s": (end - t.datetime_start).total_seconds() if end and t.datetime_start else None,
-            "fail_reason": t.user_attrs.get(FAIL_REASON_ATTR),
+            "fail_reason": fail_reason(t),
             "mlflow_run_id": t.user_attrs.get(RUN_ID_ATTR),
             "pareto": t.number in front,
         })

@@ -26,32 +26,35 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 from pydantic import BaseModel
 
+from ldm.config import ExperimentConfig
 from ldm.errors import UserError
 from ldm.io import atomic_write_text
-from ldm.tracking import TrialOutcome
+from ldm.tracking import MlflowTracker, TrialOutcome
 from ldm.tracking.runs import resolve_tracking_uri
 from sweeps import runs
 from sweeps.objective import Reporter, TrialFn, run_trial
 from sweeps.spec import SweepSpec, TrialPoint
+from sweeps.liveness import Liveness, worker_identity
+from sweeps.resume import plan_resume, previous_attempt
 from sweeps.study import (
     FAIL_REASON_ATTR,
+    PARENT_RUN_ATTR,
     RETRY_ATTR,
     RUN_ID_ATTR,
     STALE_REASON,
     claim_trial,
     enqueue_missing,
-    fail_stale_trials,
     load_study,
     objective_names,
     open_storage,
     open_study,
     params_text,
     pareto_front,
-    queue_lock,
     storage_location,
     study_dir,
     suggest_point,
-    worker_identity,
+    wait_for_parent_run,
+    worker_liveness,
 )
 
 INTERRUPTED = "interrupted"
@@ -64,6 +67,8 @@ def signal_exit(signum: int | None) -> int:
     return 0 if signum is None else 128 + signum
 
 
+# How often an idle worker looks for a dead worker's trial to take over (seconds; at most the heartbeat).
+IDLE_POLL_S = 2.0
 INTERRUPTED_EXITS = frozenset(signal_exit(s) for s in STOP_SIGNALS)
 Log = Callable[[str], None]
 Clock = Callable[[], float]  # seconds since the epoch, like `time.time`
@@ -148,48 +153,69 @@ class TrialResult:
                 f"seed={self.point.seed}  {result}  ({self.seconds:.1f} s)")
 
 
-def run_trial_in_study(job: WorkerJob, study: optuna.Study, trial: optuna.Trial, trial_fn: TrialFn,
-                       stop: StopSignals) -> TrialResult:
-    """One claimed trial: its MLflow child run, the trial function, and its final state in both places."""
+def run_trial_in_study(job: WorkerJob, study: optuna.Study, liveness: Liveness, trial: optuna.Trial,
+                       trial_fn: TrialFn, stop: StopSignals, log: Log) -> TrialResult:
+    """One claimed trial under its heartbeat: its MLflow child run, the trial function, its final state."""
     started = time.monotonic()
     spec = job.spec
-    point = suggest_point(study, spec, trial)
+    with liveness.beating(study._storage, trial._trial_id):  # noqa: SLF001 - the storage and id Optuna's own heartbeat uses
+        point = suggest_point(study, spec, trial)
+        tracker = runs.start_trial_run(job.tracking, spec.name, trial.number, point)
+        trial.set_user_attr(RUN_ID_ATTR, tracker.run_id)
+        ending = _run(job, study, trial, point, tracker, trial_fn, stop, log)
+    runs.end_trial_run(tracker, ending.outcome, ending.reason, ending.files)
+    if ending.reason is not None:
+        trial.set_user_attr(FAIL_REASON_ATTR, ending.reason)
+    if ending.outcome == TrialOutcome.INTERRUPTED:
+        trial.set_user_attr(RETRY_ATTR, True)
+    study.tell(trial, ending.values, state=ending.state)
+    named = dict(zip([o.metric for o in spec.objectives], ending.values or []))
+    return TrialResult(trial.number, ending.state, point, time.monotonic() - started, named, ending.reason)
+
+
+@dataclass(frozen=True)
+class _Ending:
+    state: TrialState
+    outcome: TrialOutcome
+    reason: str | None = None
+    values: list[float] | None = None
+    files: tuple[Path, ...] = ()
+
+
+def _run(job: WorkerJob, study: optuna.Study, trial: optuna.Trial, point: TrialPoint, tracker: MlflowTracker,
+         trial_fn: TrialFn, stop: StopSignals, log: Log) -> _Ending:
+    spec = job.spec
     trial_dir = study_dir(job.workdir, spec.name) / "trials" / f"{trial.number:05d}"
-    tracker = runs.start_trial_run(job.tracking, spec.name, trial.number)
-    trial.set_user_attr(RUN_ID_ATTR, tracker.run_id)
-
-    def finish(state: TrialState, outcome: TrialOutcome, reason: str | None = None, retry: bool = False,
-               values: list[float] | None = None, files: tuple[Path, ...] = ()) -> TrialResult:
-        runs.end_trial_run(tracker, outcome, reason, files)
-        if reason is not None:
-            trial.set_user_attr(FAIL_REASON_ATTR, reason)
-        if retry:
-            trial.set_user_attr(RETRY_ATTR, True)
-        study.tell(trial, values, state=state)
-        named = dict(zip([o.metric for o in spec.objectives], values or []))
-        return TrialResult(trial.number, state, point, time.monotonic() - started, named, reason)
-
     try:
-        cfg = spec.trial_config(point)
-        cfg.name = f"{spec.name}-trial{trial.number}"
-        cfg.tracking.experiment = spec.name
-        cfg.tracking.tracking_uri = job.tracking.tracking_uri
+        cfg = _trial_config(job, point, trial.number)
+        previous = previous_attempt(study, point, trial.number)
+        plan = plan_resume(previous, cfg, _trial_config(job, point, previous.number) if previous else cfg,
+                           job.workdir, job.tracking.tracking_uri, trial.number)
+        if plan.line:
+            log(plan.line)
         runs.describe_trial_run(tracker, cfg, trial_dir / "config.yaml")
         with stop.interruptible():
-            metrics = trial_fn(cfg, job.workdir, tracker, _reporter(spec, trial))
+            metrics = trial_fn(cfg, job.workdir, tracker, _reporter(spec, trial), plan.resume)
         values = spec.objective_values(metrics)
     except optuna.TrialPruned as e:
-        return finish(TrialState.PRUNED, TrialOutcome.PRUNED, str(e) or "pruned")
+        return _Ending(TrialState.PRUNED, TrialOutcome.PRUNED, str(e) or "pruned")
     except Interrupted:
-        return finish(TrialState.FAIL, TrialOutcome.INTERRUPTED, INTERRUPTED, retry=True)
+        return _Ending(TrialState.FAIL, TrialOutcome.INTERRUPTED, INTERRUPTED)
     except Exception as e:
         traceback_file = trial_dir / "traceback.txt"
         atomic_write_text(traceback_file, traceback.format_exc())
-        return finish(TrialState.FAIL, TrialOutcome.FAILED, f"{type(e).__name__}: {e}"[:500],
-                      files=(traceback_file,))
+        return _Ending(TrialState.FAIL, TrialOutcome.FAILED, f"{type(e).__name__}: {e}"[:500], files=(traceback_file,))
     metrics_file = trial_dir / "metrics.json"
     atomic_write_text(metrics_file, json.dumps(metrics, indent=2, sort_keys=True))
-    return finish(TrialState.COMPLETE, TrialOutcome.COMPLETE, values=values, files=(metrics_file,))
+    return _Ending(TrialState.COMPLETE, TrialOutcome.COMPLETE, values=values, files=(metrics_file,))
+
+
+def _trial_config(job: WorkerJob, point: TrialPoint, number: int) -> ExperimentConfig:
+    cfg = job.spec.trial_config(point)
+    cfg.name = f"{job.spec.name}-trial{number}"
+    cfg.tracking.experiment = job.spec.name
+    cfg.tracking.tracking_uri = job.tracking.tracking_uri
+    return cfg
 
 
 def _reporter(spec: SweepSpec, trial: optuna.Trial) -> Reporter:
@@ -206,16 +232,34 @@ def _reporter(spec: SweepSpec, trial: optuna.Trial) -> Reporter:
 def run_worker(job: WorkerJob, trial_fn: TrialFn, stop: StopSignals, log: Log, clock: Clock = time.time) -> None:
     """Claim and run trials until the budget, the grid or the time is used up, or a stop is requested.
 
-    The time is up once `clock()` reaches `job.deadline`.
+    With nothing to claim, the worker stays while other workers' trials run, to take over any whose worker
+    dies; it leaves once none runs. The time is up once `clock()` reaches `job.deadline`.
     """
-    study = load_study(job.spec.name, open_storage(job.storage), job.spec)
-    directory = study_dir(job.workdir, job.spec.name)
-    with worker_identity(directory) as owner:
+    liveness = worker_liveness(job.storage, job.spec)
+    study = load_study(job.spec.name, open_storage(job.storage, liveness), job.spec)
+    waiting = False
+    with worker_identity(study_dir(job.workdir, job.spec.name)) as owner:
         while not stop.requested and (job.deadline is None or clock() < job.deadline):
-            trial = claim_trial(study, job.spec, job.budget, directory, owner)
-            if trial is None:
+            _recover(job, study, liveness, log)
+            trial = claim_trial(study, job.spec, job.budget, owner)
+            if trial is not None:
+                log(run_trial_in_study(job, study, liveness, trial, trial_fn, stop, log).line())
+                waiting = False
+                continue
+            running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if not running:
                 return
-            log(run_trial_in_study(job, study, trial, trial_fn, stop).line())
+            if not waiting:
+                log(f"nothing to claim; staying while {len(running)} trial(s) of other workers run, to take over "
+                    f"any whose worker stops heart-beating for {job.spec.grace_s} s")
+                waiting = True
+            _pause(stop, min(IDLE_POLL_S, job.spec.heartbeat_s))
+
+
+def _pause(stop: StopSignals, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not stop.requested and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 # ---------------------------------------------------------------- the coordinator
@@ -260,20 +304,16 @@ def run_sweep(spec: SweepSpec, workdir: Path, n_trials: int | None = None, worke
     budget = spec.trial_budget(n_trials)
     directory = study_dir(workdir, spec.name)
     location = storage_location(spec.name, workdir, storage)
-    store = open_storage(location)
-    study = open_study(spec, store)
-    tracking = runs.open_study_tracking(resolve_tracking_uri(workdir, tracking_uri), workdir, spec,
-                                        directory / runs.SPEC_ARTIFACT)
+    liveness = worker_liveness(location, spec)
+    study, created = open_study(spec, open_storage(location, liveness))
+    tracking = _study_tracking(study, created, spec, resolve_tracking_uri(workdir, tracking_uri), workdir,
+                               directory / runs.SPEC_ARTIFACT, log)
     job = WorkerJob(spec=spec, workdir=workdir, storage=location, tracking=tracking, budget=budget,
                     deadline=clock() + spec.timeout_s if spec.timeout_s else None, trial_fn=fn_path)
     stop = StopSignals()
     run_status = "FAILED"
     try:
-        _recover(job, store, study, log)
-        with queue_lock(directory):
-            queued = enqueue_missing(study, spec)
-        if queued:
-            log(f"queued {queued} configuration(s)")
+        _recover(job, study, liveness, log)
         with stop.installed():
             if workers == 1:
                 run_worker(job, trial_fn, stop, log, clock)
@@ -281,7 +321,7 @@ def run_sweep(spec: SweepSpec, workdir: Path, n_trials: int | None = None, worke
                 _run_worker_processes(job, workers, stop, log)
         run_status = "KILLED" if stop.requested else "FINISHED"
     finally:
-        _recover(job, store, study, log)
+        _recover(job, study, liveness, log)
         best = pareto_front(study)
         trials = study.get_trials(deepcopy=False)
         runs.close_study_run(tracking, run_status, trials, best)
@@ -290,16 +330,33 @@ def run_sweep(spec: SweepSpec, workdir: Path, n_trials: int | None = None, worke
                         states, best, time.monotonic() - started, stop.signum)
 
 
-def _recover(job: WorkerJob, storage: BaseStorage, study: optuna.Study, log: Log) -> None:
-    """Fail the trials of dead workers (queued again by `enqueue_missing`) and KILL their MLflow runs."""
-    directory = study_dir(job.workdir, job.spec.name)
-    with queue_lock(directory):
-        stale = fail_stale_trials(storage, study)
-        live = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-        runs.close_stale_runs(job.tracking, [t.user_attrs[RUN_ID_ATTR] for t in stale if RUN_ID_ATTR in t.user_attrs],
-                              live, STALE_REASON)
-    for t in stale:
-        log(f"trial {t.number}: {STALE_REASON}; marked FAILED, to be retried")
+def _study_tracking(study: optuna.Study, created: bool, spec: SweepSpec, tracking_uri: str, workdir: Path,
+                    spec_file: Path, log: Log) -> runs.StudyTracking:
+    """The study's one parent run: its creator queues the grid, opens the run and records its id in the study;
+    every other worker, on any machine, waits for that id."""
+    parent = study.user_attrs.get(PARENT_RUN_ATTR)
+    if created:
+        queued = enqueue_missing(study, spec)
+        if queued:
+            log(f"queued {queued} configuration(s)")
+    elif parent is None and not any(t.state.is_finished() for t in study.get_trials(deepcopy=False)):
+        parent = wait_for_parent_run(study)  # a fresh study whose creator is setting it up right now
+    tracking = runs.open_study_tracking(tracking_uri, workdir, spec, spec_file, parent)
+    if parent is None:
+        study.set_user_attr(PARENT_RUN_ATTR, tracking.parent_run_id)
+    return tracking
+
+
+def _recover(job: WorkerJob, study: optuna.Study, liveness: Liveness, log: Log) -> None:
+    """Fail the trials of dead workers (their points are queued again) and KILL their MLflow runs."""
+    dead = liveness.fail_dead_trials(study)
+    if not dead:
+        return
+    live = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    runs.close_stale_runs(job.tracking, [t.user_attrs[RUN_ID_ATTR] for t in dead if RUN_ID_ATTR in t.user_attrs],
+                          live, STALE_REASON)
+    for t in dead:
+        log(f"trial {t.number}: {STALE_REASON}; marked FAILED, its configuration queued again")
 
 
 def _run_worker_processes(job: WorkerJob, workers: int, stop: StopSignals, log: Log) -> None:

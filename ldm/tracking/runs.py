@@ -44,6 +44,10 @@ def artifact_root(tracking_uri: str, workdir: Path) -> Path | None:
     return None if tracking_uri.startswith(SERVER_SCHEMES) else default_artifact_root(workdir)
 
 
+# MLflow 3's UI opens an experiment of this kind on its training runs, not on GenAI traces.
+EXPERIMENT_KIND = "custom_model_development"
+
+
 def experiment_id(tracking_uri: str, name: str, workdir: Path) -> str:
     """The id of the active experiment `name`, created when missing (also by another process meanwhile)."""
     from mlflow.exceptions import MlflowException
@@ -56,7 +60,8 @@ def experiment_id(tracking_uri: str, name: str, workdir: Path) -> str:
         if experiment is None:
             root = artifact_root(tracking_uri, workdir)
             try:
-                return client.create_experiment(name, artifact_location=(root / name).as_uri() if root else None)
+                return client.create_experiment(name, artifact_location=(root / name).as_uri() if root else None,
+                                                tags={Tag.EXPERIMENT_KIND: EXPERIMENT_KIND})
             except MlflowException:
                 experiment = client.get_experiment_by_name(name)  # created meanwhile by another process
                 if experiment is None:

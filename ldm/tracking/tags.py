@@ -30,8 +30,11 @@ class Tag(StrEnum):
     TRIALS_PRUNED = "ldm.trials_pruned"
     TRIALS_RUNNING = "ldm.trials_running"
     TRIALS_WAITING = "ldm.trials_waiting"
-    # MLflow's own tag that nests a run under another (the UI draws the tree from it).
+    CONFIGURATION = "ldm.configuration"  # the swept values without the seed: groups a configuration's seeds
+    # MLflow's own tags: the run that nests this one (the UI draws the tree from it), and the experiment's
+    # kind, from which the UI picks its view.
     PARENT_RUN_ID = "mlflow.parentRunId"
+    EXPERIMENT_KIND = "mlflow.experimentKind"
 
 
 class Role(StrEnum):

@@ -33,7 +33,7 @@ def closed_form_metrics(f: int, latent_channels: int, seed: int) -> dict[str, fl
     return {"fid_domain": 100.0 / f + latent_channels + seed, "sample_images_per_s": 10.0 * latent_channels / f}
 
 
-def quick_trial(cfg: ExperimentConfig, workdir: Path, tracker: Tracker, report) -> dict[str, float]:
+def quick_trial(cfg: ExperimentConfig, workdir: Path, tracker: Tracker, report, resume: bool = False) -> dict[str, float]:
     _record(cfg)
     meet()
     time.sleep(float(os.environ.get("SWEEP_FAKE_SLEEP", "0")))
@@ -43,14 +43,14 @@ def quick_trial(cfg: ExperimentConfig, workdir: Path, tracker: Tracker, report) 
     return metrics
 
 
-def diverging_trial(cfg: ExperimentConfig, workdir: Path, tracker: Tracker, report) -> dict[str, float]:
+def diverging_trial(cfg: ExperimentConfig, workdir: Path, tracker: Tracker, report, resume: bool = False) -> dict[str, float]:
     """Like training that goes NaN: f = 4 raises, the others finish."""
     if cfg.autoencoder.f == 4:
         raise FloatingPointError("diffusion loss is nan at step 3")
     return quick_trial(cfg, workdir, tracker, report)
 
 
-def pruned_trial(cfg: ExperimentConfig, workdir: Path, tracker: Tracker, report) -> dict[str, float]:
+def pruned_trial(cfg: ExperimentConfig, workdir: Path, tracker: Tracker, report, resume: bool = False) -> dict[str, float]:
     """Reports a validation loss proportional to the learning rate at steps 0..2."""
     loss = cfg.training.diffusion.lr * 1e4
     for step in range(3):

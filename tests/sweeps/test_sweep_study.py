@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 
 import mlflow
@@ -26,15 +27,18 @@ from ldm.config import ExperimentConfig
 from ldm.errors import UserError
 from ldm.paths import default_tracking_uri
 from sweeps.spec import TrialPoint, parse_spec
+from sweeps.liveness import HOST_ENV, worker_identity
 from sweeps.study import (
+    STALE_REASON,
     claim_trial,
-    fail_stale_trials,
+    counts_toward_budget,
+    fail_reason,
     open_storage,
     open_study,
     storage_location,
     study_dir,
     sweep_status,
-    worker_identity,
+    worker_liveness,
 )
 from sweeps.workers import run_sweep, worker_env
 
@@ -90,6 +94,12 @@ def test_grid_study_runs_every_point_once_with_a_parent_run_and_a_child_run_per_
     assert set(children["tags.mlflow.parentRunId"]) == {summary.parent_run_id}
     assert set(children["status"]) == {"FINISHED"}
 
+    # One configuration tag per configuration, shared by its seeds.
+    assert children.groupby("tags.ldm.configuration")["params.seed"].apply(sorted).tolist() == [["0", "5"]] * 4
+    experiment = client(workdir).get_experiment_by_name("grid")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on runs
+    assert load(spec, workdir).metric_names == ["fid_domain"]
+
     git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     runs_by_trial = {int(r["tags.ldm.trial_number"]): r for _, r in children.iterrows()}
     for trial in load(spec, workdir).trials:
@@ -101,6 +111,10 @@ def test_grid_study_runs_every_point_once_with_a_parent_run_and_a_child_run_per_
         assert run["params.training.seed"] == run["params.seed"] == str(point.seed)
         assert run["params.diffusion.unet.channel_mult"] == str(cfg.diffusion.unet.channel_mult)
         assert run["tags.ldm.study"] == "grid"
+        f, c = point.params["autoencoder.f"], point.params["autoencoder.latent_channels"]
+        assert run["tags.mlflow.runName"] == f"f={f} latent_channels={c} s{point.seed}"
+        assert run["params._swept.autoencoder.f"] == str(f)
+        assert run["tags.ldm.trial_outcome"] == "complete"
         assert run["tags.ldm.config_hash"] == cfg.config_hash()
         assert run["tags.ldm.first_stage_hash"] == cfg.first_stage_hash()
         assert run["tags.ldm.git_commit"] == (git or "unknown")
@@ -208,18 +222,67 @@ def test_rerun_resumes_without_repeating_and_refuses_a_changed_search(workdir, t
         run_sweep(spec, workdir, workers=2, trial_fn=lambda *a: {}, log=quiet)
 
 
-def test_running_trial_is_stale_only_once_its_worker_is_gone(workdir):
-    spec = make_spec("stale", f=(1, 2))
-    storage = open_storage(storage_location(spec.name, workdir, None))
-    study = open_study(spec, storage)
-    study.enqueue_trial({"autoencoder.f": 1, "autoencoder.latent_channels": 2}, user_attrs={"ldm.seed": 0})
+POINT = {"autoencoder.f": 1, "autoencoder.latent_channels": 2}
+
+
+def test_running_trial_is_stale_at_once_when_its_worker_on_this_host_is_gone(workdir):
+    spec = make_spec("stale", f=(1,))
+    location = storage_location(spec.name, workdir, None)
+    liveness = worker_liveness(location, spec)
+    study, _ = open_study(spec, open_storage(location, liveness))
+    study.enqueue_trial(POINT, user_attrs={"ldm.seed": 0})
     directory = study_dir(workdir, spec.name)
     with worker_identity(directory) as owner:
-        trial = claim_trial(study, spec, budget=2, directory=directory, owner=owner)
-        assert trial is not None and fail_stale_trials(storage, study) == []
-    stale = fail_stale_trials(storage, study)
-    assert [t.number for t in stale] == [trial.number]
-    assert study.trials[0].state == TrialState.FAIL and study.trials[0].user_attrs["ldm.retry"] is True
+        trial = claim_trial(study, spec, budget=2, owner=owner)
+        assert trial is not None and liveness.fail_dead_trials(study) == []
+    dead = liveness.fail_dead_trials(study)
+    assert [t.number for t in dead] == [trial.number]
+    first, retry = study.get_trials()
+    assert first.state == TrialState.FAIL and fail_reason(first) == STALE_REASON and not counts_toward_budget(first)
+    assert retry.state == TrialState.WAITING and retry.user_attrs["ldm.seed"] == 0  # queued again by the callback
+    assert retry.system_attrs["fixed_params"] == POINT
+
+
+@pytest.mark.parametrize("storage", ["journal", "rdb"])
+def test_trial_of_another_host_is_failed_after_its_heartbeat_stops_for_the_grace_period(workdir, monkeypatch,
+                                                                                       storage):
+    spec = make_spec(f"beat-{storage}", f=(1,), heartbeat_s=1, grace_s=2)
+    location = (f"sqlite:///{workdir / 'optuna.db'}" if storage == "rdb"
+                else storage_location(spec.name, workdir, None))
+    liveness = worker_liveness(location, spec)
+    study, _ = open_study(spec, open_storage(location, liveness))
+    study.enqueue_trial(POINT, user_attrs={"ldm.seed": 0})
+    monkeypatch.setenv(HOST_ENV, "node-a")
+    with worker_identity(study_dir(workdir, spec.name)) as owner:
+        trial = claim_trial(study, spec, budget=None, owner=owner)
+    assert trial is not None
+    monkeypatch.setenv(HOST_ENV, "node-b")  # its lock file is free, but node-b cannot see node-a's files
+    with liveness.beating(study._storage, trial._trial_id):
+        time.sleep(3.5)  # past the grace period, while node-a still beats
+        assert liveness.fail_dead_trials(study) == []
+    time.sleep(1.0)
+    assert liveness.fail_dead_trials(study) == []  # silent for 1 s: within the grace period
+    time.sleep(2.0)
+    dead = liveness.fail_dead_trials(study)
+    assert [t.number for t in dead] == [trial.number] and liveness.fail_dead_trials(study) == []
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL, TrialState.WAITING]
+
+
+def test_a_point_queued_twice_runs_once_and_the_duplicate_never_counts(workdir):
+    spec = make_spec("twice", f=(1, 2))
+    study, _ = open_study(spec, open_storage(storage_location(spec.name, workdir, None)))
+    for _ in range(2):  # as two workers that start together each queue the grid
+        study.enqueue_trial(POINT, user_attrs={"ldm.seed": 0})
+    other = {"autoencoder.f": 2, "autoencoder.latent_channels": 2}
+    study.enqueue_trial(other, user_attrs={"ldm.seed": 0})
+    with worker_identity(study_dir(workdir, spec.name)) as owner:
+        first = claim_trial(study, spec, budget=2, owner=owner)
+        second = claim_trial(study, spec, budget=2, owner=owner)
+        assert claim_trial(study, spec, budget=2, owner=owner) is None
+    assert (first.number, second.number) == (0, 2)
+    duplicate = study.get_trials()[1]
+    assert duplicate.state == TrialState.FAIL and duplicate.user_attrs["ldm.duplicate_of"] == 0
+    assert fail_reason(duplicate) == "duplicate of trial 0" and not counts_toward_budget(duplicate)
 
 
 def test_each_worker_gets_its_own_gpu_when_several_are_visible(monkeypatch):
@@ -234,7 +297,7 @@ def test_timeout_stops_claiming_new_trials(workdir):
                        "space": {"autoencoder.latent_channels": {"type": "int", "low": 1, "high": 8}}})
     now = [1_000_000.0]  # the sweep's clock, advanced by the trial alone: machine speed cannot matter
 
-    def outlasting_trial(cfg, workdir, tracker, report):
+    def outlasting_trial(cfg, workdir, tracker, report, resume=False):
         now[0] += spec.timeout_s + 1
         return quick_trial(cfg, workdir, tracker, report)
 

@@ -18,7 +18,7 @@ from sweep_fakes import HELPERS_DIR, executions, quick_trial, workdir_with_track
 
 from ldm.paths import default_tracking_uri
 from sweeps.spec import parse_spec
-from sweeps.study import STALE_REASON, open_storage, storage_location
+from sweeps.study import STALE_REASON, fail_reason, open_storage, storage_location
 from sweeps.workers import run_sweep
 
 
@@ -85,25 +85,26 @@ def test_two_coordinators_on_one_storage_run_every_grid_point_once(workdir, tmp_
     assert len(list((tmp_path / "meet").iterdir())) == 2  # both coordinators ran trials
 
 
-def test_worker_killed_mid_trial_is_recovered_and_rerun_completes_the_grid(workdir, tmp_path, monkeypatch):
+def test_worker_killed_mid_trial_is_taken_over_by_the_other_worker(workdir, tmp_path, monkeypatch):
     monkeypatch.setenv("SWEEP_FAKE_DIE", "kill")
     monkeypatch.setenv("SWEEP_FAKE_MARKER", str(tmp_path / "killed"))
     spec = parse_spec(raw_spec("killed"))
     lines: list[str] = []
     summary = run_sweep(spec, workdir, workers=2, trial_fn=quick_trial, log=lines.append)
     assert any(line.endswith(f"exited with code {-signal.SIGKILL}") for line in lines)
-    assert summary.states == {"COMPLETE": 2, "FAIL": 1}
-    dead = next(t for t in trials("killed", workdir) if t.state == TrialState.FAIL)
-    assert dead.params["autoencoder.f"] == 2 and dead.user_attrs["ldm.fail_reason"] == STALE_REASON
-    assert "RUNNING" not in runs_by_status("killed", workdir)
-
-    summary = run_sweep(spec, workdir, workers=2, trial_fn=quick_trial, log=lines.append)
+    # The surviving worker waits while its sibling's trial runs, finds it dead and runs its point itself.
     assert summary.states == {"COMPLETE": 3, "FAIL": 1}
+    dead = next(t for t in trials("killed", workdir) if t.state == TrialState.FAIL)
+    assert dead.params["autoencoder.f"] == 2 and fail_reason(dead) == STALE_REASON
     complete = sorted(t.params["autoencoder.f"] for t in trials("killed", workdir) if t.state == TrialState.COMPLETE)
     assert complete == [1, 2, 4]
     assert sorted(executions(tmp_path / "executions.jsonl")) == [(1, 2, 0), (2, 2, 0), (2, 2, 0), (4, 2, 0)]
     statuses = runs_by_status("killed", workdir)
     assert set(statuses) == {"FINISHED", "KILLED"} and statuses["KILLED"] == ["trial"]
+
+    assert run_sweep(spec, workdir, workers=2, trial_fn=quick_trial, log=lines.append).states == \
+        {"COMPLETE": 3, "FAIL": 1}  # nothing left to do
+    assert len(executions(tmp_path / "executions.jsonl")) == 4
 
 
 def test_sweep_process_killed_then_terminated_resumes_to_completion(workdir, tmp_path, monkeypatch):
@@ -127,7 +128,7 @@ def test_sweep_process_killed_then_terminated_resumes_to_completion(workdir, tmp
     wait_for(tmp_path / "second", process)
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=120) == 143  # 128 + SIGTERM
-    states = [(t.state, t.user_attrs.get("ldm.fail_reason")) for t in trials("resumed", workdir)]
+    states = [(t.state, fail_reason(t)) for t in trials("resumed", workdir)]
     assert states == [(TrialState.COMPLETE, None), (TrialState.FAIL, STALE_REASON), (TrialState.COMPLETE, None),
                       (TrialState.FAIL, "interrupted")]
     statuses = runs_by_status("resumed", workdir)
