@@ -6,7 +6,10 @@ and MLflow, which would slow every `ldm` invocation down by seconds.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shlex
+import signal
 import subprocess
 from typing import Annotated, Optional
 
@@ -115,7 +118,10 @@ def ui(
     port: Annotated[int, typer.Option(help="Port of the MLflow UI.")] = 5000,
     tracking_uri: TrackingOption = None,
 ) -> None:
-    """Start the MLflow UI on the sweep runs, and print the optuna-dashboard command of each study."""
+    """Start the MLflow UI on the sweep runs, and print the optuna-dashboard command of each study.
+
+    SIGINT and SIGTERM go to the server and all its workers; `ldm ui` exits when the server does.
+    """
     from ldm.tracking.runs import create_store_folder, resolve_tracking_uri
     from sweeps.runs import mlflow_ui_command
     from sweeps.study import JOURNAL_NAME, sweeps_root
@@ -126,5 +132,28 @@ def ui(
     uri = resolve_tracking_uri(workdir, tracking_uri)
     create_store_folder(uri)  # the UI creates the store itself on first start
     command = mlflow_ui_command(uri, workdir, host, port)
-    typer.echo(f"MLflow UI on http://{host}:{port}: {shlex.join(command)}")
-    subprocess.run(command, check=False)
+    typer.echo(f"MLflow UI on http://{host}:{port} ({shlex.join(command)})")
+    raise typer.Exit(run_server(command))
+
+
+def run_server(command: list[str]) -> int:
+    """Run a server in a process group of its own until it exits; SIGINT/SIGTERM stop the whole group.
+
+    `mlflow ui` starts gunicorn or uvicorn workers: a signal to the `mlflow` process alone would leave them
+    listening on the port.
+    """
+    server = subprocess.Popen(command, start_new_session=True)
+
+    def stop(signum: int, frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGTERM)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = server.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGTERM)  # workers the server left behind
+    return 128 - code if code < 0 else code  # killed by signal N: the shell's 128 + N
