@@ -1,4 +1,4 @@
-"""`ldm sweep` (run, status, list, validate) and `ldm ui`.
+"""`ldm sweep` (run, status, stop, delete, list, validate) and `ldm ui`.
 
 The study, MLflow and worker modules load inside the commands that need them: they pull in torch
 and MLflow, which would slow every `ldm` invocation down by seconds.
@@ -94,6 +94,41 @@ def _cell(value: object, float_format: str = ".4g") -> str:
     if isinstance(value, float):
         return format(value, float_format)
     return str(value)
+
+
+@app.command("stop")
+def stop(
+    study: Annotated[str, typer.Argument(help="Study name (the spec's `name`).")],
+    storage: StorageOption = None,
+) -> None:
+    """Stop every worker of a study, on every machine: running trials are marked interrupted and queued again.
+
+    Workers see the request within the spec's heartbeat_s; `ldm sweep run` with the same spec resumes.
+    """
+    from sweeps.study import load_study, open_storage, request_stop, study_location
+
+    request_stop(load_study(study, open_storage(study_location(study, resolve_workdir(), storage))))
+    typer.echo(f"study {study}: stop requested; its workers finish within a heartbeat (their running trials are "
+               "marked interrupted); `ldm sweep run` with its spec resumes it")
+
+
+@app.command("delete")
+def delete(
+    study: Annotated[str, typer.Argument(help="Study name (the spec's `name`).")],
+    yes: Annotated[bool, typer.Option("--yes", help="Delete without asking.")] = False,
+    storage: StorageOption = None,
+    tracking_uri: TrackingOption = None,
+) -> None:
+    """Delete a study: its Optuna study, and its MLflow experiment with every run (restorable with `mlflow
+    experiments restore` until the tracking store is garbage-collected)."""
+    from ldm.tracking.runs import resolve_tracking_uri
+    from sweeps.study import delete_study
+
+    workdir = resolve_workdir()
+    if not yes and not typer.confirm(f"delete study {study}, its trials and its MLflow runs?"):
+        raise typer.Exit(1)
+    deleted = delete_study(study, workdir, storage, resolve_tracking_uri(workdir, tracking_uri))
+    typer.echo(f"study {study}: deleted {deleted}")
 
 
 @app.command("list")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections import Counter
 from pathlib import Path
@@ -26,6 +27,7 @@ FAIL_REASON_ATTR = "ldm.fail_reason"
 RETRY_ATTR = "ldm.retry"
 DUPLICATE_ATTR = "ldm.duplicate_of"  # the trial that runs the same point, or -1 for a trial over the budget
 PARENT_RUN_ATTR = "ldm.parent_run_id"  # the study's MLflow parent run, set once by the study's creator
+STOP_ATTR = "ldm.stop_requested"  # set by `ldm sweep stop`, cleared by the next `ldm sweep run`
 # Study user attributes: what the study was created from, so a resume with another spec is caught.
 IDENTITY_ATTR = "ldm.identity"
 OBJECTIVES_ATTR = "ldm.objectives"
@@ -280,9 +282,13 @@ def claim_trial(study: optuna.Study, spec: SweepSpec, budget: int | None, owner:
     return None
 
 
-def study_settled(study: optuna.Study) -> bool:
-    """Nothing queued and nothing running: no trial that a worker could still take over or claim."""
-    return not study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))
+def request_stop(study: optuna.Study, requested: bool = True) -> None:
+    """Ask every worker of the study, on any machine, to stop (`ldm sweep stop`), or withdraw the request."""
+    study.set_user_attr(STOP_ATTR, requested)
+
+
+def stop_requested(study: optuna.Study) -> bool:
+    return bool(study.user_attrs.get(STOP_ATTR, False))
 
 
 def suggest_point(study: optuna.Study, spec: SweepSpec, trial: optuna.Trial) -> TrialPoint:
@@ -309,13 +315,33 @@ def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
     return study.best_trials
 
 
-def sweep_status(study: str, workdir: Path, storage: str | None = None) -> pd.DataFrame:
-    """One row per trial: number, state, seed, params, objectives, duration, fail reason, run id, pareto."""
+def study_location(study: str, workdir: Path, storage: str | None) -> str:
+    """The storage of an existing study; the default journal must exist."""
     location = storage_location(study, workdir, storage)
     if "://" not in location and not Path(location).is_file():
         raise UserError(f"no study '{study}' under {study_dir(workdir, study)}; run `ldm sweep run` first "
                         "or pass --storage")
-    return trials_frame(load_study(study, open_storage(location)))
+    return location
+
+
+def sweep_status(study: str, workdir: Path, storage: str | None = None) -> pd.DataFrame:
+    """One row per trial: number, state, seed, params, objectives, duration, fail reason, run id, pareto."""
+    return trials_frame(load_study(study, open_storage(study_location(study, workdir, storage))))
+
+
+def delete_study(study: str, workdir: Path, storage: str | None, tracking_uri: str) -> str:
+    """Remove the Optuna study and delete its MLflow experiment; returns what was deleted, in words."""
+    from ldm.tracking.runs import delete_experiment
+
+    location = study_location(study, workdir, storage)
+    load_study(study, open_storage(location))  # a missing study is an error naming the ones there
+    optuna.delete_study(study_name=study, storage=open_storage(location))
+    deleted = [f"the Optuna study in {location}"]
+    if storage is None:
+        shutil.rmtree(study_dir(workdir, study))
+    if delete_experiment(tracking_uri, study):
+        deleted.append(f"the MLflow experiment in {tracking_uri}")
+    return " and ".join(deleted)
 
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:

@@ -50,6 +50,8 @@ from sweeps.study import (
     open_study,
     params_text,
     pareto_front,
+    request_stop,
+    stop_requested,
     storage_location,
     study_dir,
     suggest_point,
@@ -158,7 +160,8 @@ def run_trial_in_study(job: WorkerJob, study: optuna.Study, liveness: Liveness, 
     """One claimed trial under its heartbeat: its MLflow child run, the trial function, its final state."""
     started = time.monotonic()
     spec = job.spec
-    with liveness.beating(study._storage, trial._trial_id):  # noqa: SLF001 - the storage and id Optuna's own heartbeat uses
+    heartbeat = liveness.beating(study._storage, trial._trial_id)  # noqa: SLF001 - what Optuna's own heartbeat uses
+    with heartbeat, _stop_request_watch(study, spec.heartbeat_s):
         point = suggest_point(study, spec, trial)
         tracker = runs.start_trial_run(job.tracking, spec.name, trial.number, point)
         trial.set_user_attr(RUN_ID_ATTR, tracker.run_id)
@@ -171,6 +174,27 @@ def run_trial_in_study(job: WorkerJob, study: optuna.Study, liveness: Liveness, 
     study.tell(trial, ending.values, state=ending.state)
     named = dict(zip([o.metric for o in spec.objectives], ending.values or []))
     return TrialResult(trial.number, ending.state, point, time.monotonic() - started, named, ending.reason)
+
+
+@contextlib.contextmanager
+def _stop_request_watch(study: optuna.Study, every_s: float) -> Iterator[None]:
+    """While a trial runs, turn `ldm sweep stop` into a SIGTERM to this process: the trial is then marked
+    interrupted and queued again, exactly as after Ctrl-C."""
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(every_s):
+            if stop_requested(study):
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+
+    watcher = threading.Thread(target=watch, name="stop-request watch", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
 
 
 @dataclass(frozen=True)
@@ -240,6 +264,9 @@ def run_worker(job: WorkerJob, trial_fn: TrialFn, stop: StopSignals, log: Log, c
     waiting = False
     with worker_identity(study_dir(job.workdir, job.spec.name)) as owner:
         while not stop.requested and (job.deadline is None or clock() < job.deadline):
+            if stop_requested(study):
+                log("stopping: `ldm sweep stop` was requested")
+                return
             _recover(job, study, liveness, log)
             trial = claim_trial(study, job.spec, job.budget, owner)
             if trial is not None:
@@ -311,7 +338,8 @@ def run_sweep(spec: SweepSpec, workdir: Path, n_trials: int | None = None, worke
     job = WorkerJob(spec=spec, workdir=workdir, storage=location, tracking=tracking, budget=budget,
                     deadline=clock() + spec.timeout_s if spec.timeout_s else None, trial_fn=fn_path)
     stop = StopSignals()
-    run_status = "FAILED"
+    run_status, stopped = "FAILED", None
+    request_stop(study, False)  # a run after `ldm sweep stop` resumes the study
     try:
         _recover(job, study, liveness, log)
         with stop.installed():
@@ -319,7 +347,9 @@ def run_sweep(spec: SweepSpec, workdir: Path, n_trials: int | None = None, worke
                 run_worker(job, trial_fn, stop, log, clock)
             else:
                 _run_worker_processes(job, workers, stop, log)
-        run_status = "KILLED" if stop.requested else "FINISHED"
+        # `ldm sweep stop` ends a run as SIGTERM does, also where only its worker processes saw the request.
+        stopped = stop.signum if stop.requested else (signal.SIGTERM if stop_requested(study) else None)
+        run_status = "FINISHED" if stopped is None else "KILLED"
     finally:
         _recover(job, study, liveness, log)
         best = pareto_front(study)
@@ -327,20 +357,19 @@ def run_sweep(spec: SweepSpec, workdir: Path, n_trials: int | None = None, worke
         runs.close_study_run(tracking, run_status, trials, best)
     states = dict(Counter(t.state.name for t in trials))
     return StudySummary(spec.name, location, tracking.tracking_uri, tracking.parent_run_id, objective_names(study),
-                        states, best, time.monotonic() - started, stop.signum)
+                        states, best, time.monotonic() - started, stopped)
 
 
 def _study_tracking(study: optuna.Study, created: bool, spec: SweepSpec, tracking_uri: str, workdir: Path,
                     spec_file: Path, log: Log) -> runs.StudyTracking:
     """The study's one parent run: its creator queues the grid, opens the run and records its id in the study;
-    every other worker, on any machine, waits for that id."""
+    every other worker that joins a fresh study, on any machine, waits for that id."""
     parent = study.user_attrs.get(PARENT_RUN_ATTR)
-    if created:
-        queued = enqueue_missing(study, spec)
-        if queued:
-            log(f"queued {queued} configuration(s)")
-    elif parent is None and not any(t.state.is_finished() for t in study.get_trials(deepcopy=False)):
+    if not created and parent is None and not any(t.state.is_finished() for t in study.get_trials(deepcopy=False)):
         parent = wait_for_parent_run(study)  # a fresh study whose creator is setting it up right now
+    queued = enqueue_missing(study, spec)  # the creator queues the grid; a resume, what is left of it
+    if queued:
+        log(f"queued {queued} configuration(s)")
     tracking = runs.open_study_tracking(tracking_uri, workdir, spec, spec_file, parent)
     if parent is None:
         study.set_user_attr(PARENT_RUN_ATTR, tracking.parent_run_id)

@@ -6,6 +6,7 @@ import contextlib
 import functools
 import os
 import subprocess
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -72,6 +73,20 @@ def experiment_id(tracking_uri: str, name: str, workdir: Path) -> str:
         raise UserError(f"MLflow experiment '{name}' in {tracking_uri} is deleted; restore it (`mlflow experiments "
                         f"restore --experiment-id {experiment.experiment_id}`) or use another experiment name")
     return experiment.experiment_id
+
+
+def delete_experiment(tracking_uri: str, name: str) -> bool:
+    """Delete the experiment `name`, renamed first so that the name is free for a new study (MLflow keeps a
+    deleted experiment, restorable, until its store is garbage-collected); False if there is none."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None or experiment.lifecycle_stage == "deleted":
+        return False
+    client.rename_experiment(experiment.experiment_id, f"{name} (deleted {time.strftime('%Y-%m-%d %H:%M:%S')})")
+    client.delete_experiment(experiment.experiment_id)
+    return True
 
 
 def start_run(tracking_uri: str, experiment: str, name: str, *, parent_run_id: str | None = None,

@@ -101,3 +101,24 @@ def test_ui_starts_mlflow_on_loopback_and_prints_the_optuna_dashboard_command(wo
     assert command[4:] == ["--backend-store-uri", f"sqlite:///{workdir}/mlflow/mlflow.db",
                            "--default-artifact-root", f"{workdir}/mlflow/artifacts", "--host", "127.0.0.1",
                            "--port", "5000"]
+
+
+def test_delete_asks_then_removes_the_study_and_its_experiment_and_frees_the_name(workdir, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from ldm.paths import default_tracking_uri
+
+    spec = write_spec(tmp_path, "gone", ["fid_domain"])
+    assert runner.invoke(cli.app, ["run", str(spec)]).exit_code == 0
+    refused = runner.invoke(cli.app, ["delete", "gone"], input="n\n")
+    assert refused.exit_code == 1 and runner.invoke(cli.app, ["status", "gone"]).exit_code == 0
+
+    deleted = runner.invoke(cli.app, ["delete", "gone", "--yes"])
+    assert deleted.exit_code == 0, deleted.output
+    assert deleted.output.startswith("study gone: deleted the Optuna study in ")
+    assert "and the MLflow experiment in sqlite:///" in deleted.output
+    with pytest.raises(UserError, match="no study 'gone' under"):
+        runner.invoke(cli.app, ["status", "gone"], catch_exceptions=False)
+    assert MlflowClient(tracking_uri=default_tracking_uri(workdir)).get_experiment_by_name("gone") is None
+    again = runner.invoke(cli.app, ["run", str(spec)])  # the name is free for a new study
+    assert again.exit_code == 0 and "3 complete trials" in again.output

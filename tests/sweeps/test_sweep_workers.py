@@ -164,3 +164,25 @@ def test_ldm_sweep_run_exits_128_plus_the_signal_that_stopped_it(workdir, tmp_pa
     assert "interrupted: run the same command again to resume" in process.stderr.read()
     assert [(t.state, t.user_attrs.get("ldm.fail_reason")) for t in trials("signalled", workdir)] == [
         (TrialState.FAIL, "interrupted")]
+
+
+def test_sweep_stop_interrupts_the_running_trial_and_the_next_run_resumes(workdir, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from ldm.paths import WORKDIR_ENV
+    from sweeps import cli
+
+    raw = {**raw_spec("stopped"), "heartbeat_s": 1, "grace_s": 5}
+    monkeypatch.setenv("SWEEP_FAKE_DIE", "wait")  # the f = 2 trial waits 120 s
+    monkeypatch.setenv("SWEEP_FAKE_MARKER", str(tmp_path / "waiting"))
+    process = subprocess.Popen([sys.executable, "-m", "sweep_fakes", json.dumps(raw), str(workdir)])
+    wait_for(tmp_path / "waiting", process)
+    monkeypatch.setenv(WORKDIR_ENV, str(workdir))
+    result = CliRunner().invoke(cli.app, ["stop", "stopped"])
+    assert result.exit_code == 0 and result.output.startswith("study stopped: stop requested")
+    assert process.wait(timeout=30) == 143  # as after SIGTERM
+    states = [(t.state, fail_reason(t)) for t in trials("stopped", workdir)]
+    assert states == [(TrialState.COMPLETE, None), (TrialState.FAIL, "interrupted"), (TrialState.WAITING, None)]
+
+    summary = run_sweep(parse_spec(raw), workdir, trial_fn=quick_trial, log=print)  # the marker exists: no wait
+    assert summary.states == {"COMPLETE": 3, "FAIL": 1} and not summary.interrupted
