@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -197,13 +198,15 @@ class SweepSpec(_SpecModel):
     def _consistent(self) -> SweepSpec:
         if self.sampler is None:
             self.sampler = "nsga2" if len(self.objectives) > 1 else "tpe"
+        errors = _collected([self._check_heartbeat, self._check_search, self._check_pruning, self._check_configs])
+        if errors:
+            raise ValueError("; ".join(errors))  # every error at once, so one edit fixes the spec
+        return self
+
+    def _check_heartbeat(self) -> None:
         if self.grace_s <= self.heartbeat_s:
             raise ValueError(f"grace_s={self.grace_s} must exceed heartbeat_s={self.heartbeat_s}: a live worker "
                              "would be taken for a dead one between two heartbeats")
-        self._check_search()
-        self._check_pruning()
-        self._check_configs()
-        return self
 
     def _check_search(self) -> None:
         if self.sampler == "grid":
@@ -234,11 +237,9 @@ class SweepSpec(_SpecModel):
     def _check_configs(self) -> None:
         base = _as_value_error("", self.base.load)
         self._check_identity_duplicates(base)
-        for path, param in self.space.items():
-            _check_path(path)
-            for value in param.probe_values():
-                point = TrialPoint({path: value}, self.seeds[0])
-                _as_value_error(f"space.{path}={value!r}: ", self.trial_config, point)
+        errors = _collected([functools.partial(self._check_param, path, param) for path, param in self.space.items()])
+        if errors:
+            raise ValueError("; ".join(errors))
         if self.sampler == "grid":
             for point in self.grid_points():
                 _as_value_error(f"grid point {point.params}: ", self.trial_config, point)
@@ -247,6 +248,11 @@ class SweepSpec(_SpecModel):
             if base.evaluation.fid_every is None or extractor not in base.evaluation.extractors:
                 raise ValueError(f"prune_on='{self.prune_on}' needs intermediate FIDs: set "
                                  f"evaluation.fid_every and include '{extractor}' in evaluation.extractors")
+
+    def _check_param(self, path: str, param: Param) -> None:
+        _check_path(path)
+        for value in param.probe_values():
+            _as_value_error(f"space.{path}={value!r}: ", self.trial_config, TrialPoint({path: value}, self.seeds[0]))
 
     def _check_identity_duplicates(self, base: ExperimentConfig) -> None:
         """Fields the identity first stage ignores may not be swept where f can be 1: the trials would repeat."""
@@ -299,6 +305,17 @@ class SweepSpec(_SpecModel):
                 raise ValueError(f"objective {o.metric} is {value}")
             values.append(value)
         return values
+
+
+def _collected(checks: list[Callable[[], None]]) -> list[str]:
+    """The messages of every check that fails."""
+    errors = []
+    for check in checks:
+        try:
+            check()
+        except ValueError as e:
+            errors.append(str(e))
+    return errors
 
 
 def _as_value_error(prefix: str, build: Callable[..., ExperimentConfig], *args: Any) -> ExperimentConfig:

@@ -82,15 +82,31 @@ def test_validate_and_list(tmp_path):
     result = runner.invoke(cli.app, ["validate", str(bad)])
     assert isinstance(result.exception, SpecError) and "unknown metric 'fid'" in str(result.exception)
     listed = runner.invoke(cli.app, ["list"])
+    assert listed.exit_code == 0
     assert [line.split(":")[0] for line in listed.output.splitlines()] == \
         ["conditioning", "f_ablation", "quickstart", "rate_distortion", "schedules"]
+
+
+def test_validate_names_every_error_of_a_spec_at_once(tmp_path):
+    bad = tmp_path / "three.yaml"
+    bad.write_text(yaml.safe_dump({
+        "name": "three", "base": {"preset": "tiny"}, "sampler": "tpe", "prune_on": "psnr", "heartbeat_s": 30,
+        "grace_s": 10, "objectives": [{"metric": "fid_domain"}],
+        "space": {"autoencoder.nonsense": {"type": "categorical", "choices": [1, 2]}}}))
+    result = runner.invoke(cli.app, ["validate", str(bad)])
+    message = str(result.exception)
+    assert isinstance(result.exception, SpecError) and "\n" not in message
+    assert "grace_s=10 must exceed heartbeat_s=30" in message
+    assert "sampler 'tpe' needs n_trials or timeout_s" in message
+    assert "prune_on='psnr' is not allowed" in message
+    assert "autoencoder.nonsense" in message
 
 
 def test_ui_starts_mlflow_on_loopback_and_prints_the_optuna_dashboard_command(workdir, tmp_path, monkeypatch):
     assert runner.invoke(cli.app, ["run", str(write_spec(tmp_path, "seen", ["fid_domain"])), "--n-trials", "1"]) \
         .exit_code == 0
     started: list[list[str]] = []
-    monkeypatch.setattr(cli.subprocess, "run", lambda command, check: started.append(command))
+    monkeypatch.setattr(cli, "run_server", lambda command: started.append(command) or 0)
     ui_app = __import__("typer").Typer()
     ui_app.command()(cli.ui)
     result = runner.invoke(ui_app, [])
