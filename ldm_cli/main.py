@@ -20,6 +20,10 @@ from reports import cli as reports_cli
 from ldm_cli.usage_errors import one_line
 from sweeps import cli as sweep_cli
 
+# MLflow's INFO lines (creating store tables, job executors) would interleave with the suite's own output;
+# MLflow reads this when it is first imported, which every command does lazily, after this line.
+os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+
 # click's status for a usage error, kept so scripts can tell a bad command line from a failed run.
 USAGE_EXIT = 2
 ARGS_KEY = "ldm.args"
