@@ -15,7 +15,9 @@ makes a helper module unimportable by name).
 from __future__ import annotations
 
 import math
+import shutil
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -216,7 +218,6 @@ def _write_failed(client: MlflowClient, root: Path) -> str:
 class CoverageStudy:
     """Trial number -> run id of the COVERAGE study, and the final FID each finished trial logged."""
 
-    NAME: ClassVar[str] = "toy-coverage"
     SPEC_YAML: ClassVar[str] = (
         "name: toy-coverage\nsampler: grid\nspace:\n  autoencoder.f: {type: categorical, choices: [1, 4, 8]}\n"
         "seeds: [0, 1]\n")
@@ -234,15 +235,16 @@ class CoverageStudy:
         7: (1, 0, "KILLED", None, 7),  # a run from before `ldm.trial_outcome`: its status alone
     }
 
+    name: str
     parent_run_id: str
     run_ids: dict[int, str]
 
 
-def write_coverage_study(client: MlflowClient, root: Path) -> CoverageStudy:
+def write_coverage_study(client: MlflowClient, root: Path, name: str = "toy-coverage") -> CoverageStudy:
     """The COVERAGE study, as a sweep over several machines leaves it."""
     statuses = {"complete": "FINISHED", "worker_died": "KILLED", "interrupted": "KILLED", "KILLED": "KILLED"}
     reasons = {"worker_died": CoverageStudy.WORKER_DIED_REASON, "interrupted": CoverageStudy.INTERRUPTED_REASON}
-    writer = _StudyWriter(client, root, CoverageStudy.NAME, spec=CoverageStudy.SPEC_YAML)
+    writer = _StudyWriter(client, root, name, spec=CoverageStudy.SPEC_YAML)
     start = int(time.time() * 1000)
     run_ids = {}
     for number, (f, seed, ended, fid, end_s) in CoverageStudy.TRIALS.items():
@@ -252,7 +254,7 @@ def write_coverage_study(client: MlflowClient, root: Path) -> CoverageStudy:
         run_ids[number] = writer.trial([f"autoencoder.f={f}"], seed, steps={},
                                        final={"fid_domain": fid} if fid is not None else {}, tags=tags)
         client.set_terminated(run_ids[number], statuses[ended], end_time=start + 1000 * end_s)
-    return CoverageStudy(writer.parent_id, run_ids)
+    return CoverageStudy(name, writer.parent_id, run_ids)
 
 
 def _build_store(root: Path) -> SyntheticStore:
@@ -272,6 +274,18 @@ def synthetic_store(tmp_path_factory: pytest.TempPathFactory) -> SyntheticStore:
     return _build_store(tmp_path_factory.getbasetemp() / "synthetic-mlflow")
 
 
+@pytest.fixture(scope="session")
+def served_coverage_study(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> CoverageStudy:
+    """The COVERAGE study in a real `mlflow server`, under a name of its own (CI shares one server between sessions).
+
+    The files the writer logged from are deleted: what a report needs must come from the server.
+    """
+    root = tmp_path_factory.mktemp("served-writer")
+    study = write_coverage_study(MlflowClient(tracking_uri=mlflow_server), root, f"toy-coverage-{uuid.uuid4().hex[:8]}")
+    shutil.rmtree(root)
+    return study
+
+
 def _report(study: str, store: SyntheticStore, factory: pytest.TempPathFactory) -> ReportSummary:
     return build_report(study, factory.getbasetemp() / "reports" / study, tracking_uri=store.tracking_uri)
 
@@ -284,7 +298,7 @@ def full_report(synthetic_store: SyntheticStore, tmp_path_factory: pytest.TempPa
 
 @pytest.fixture(scope="session")
 def coverage_report(synthetic_store: SyntheticStore, tmp_path_factory: pytest.TempPathFactory) -> ReportSummary:
-    return _report(CoverageStudy.NAME, synthetic_store, tmp_path_factory)
+    return _report(synthetic_store.coverage.name, synthetic_store, tmp_path_factory)
 
 
 @pytest.fixture(scope="session")

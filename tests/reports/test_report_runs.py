@@ -97,7 +97,7 @@ def test_catalog_base_of_variants_and_training_curves() -> None:
 
 def test_trial_state_comes_from_the_outcome_tag_and_killed_without_it_is_not_pruned(synthetic_store) -> None:
     c = synthetic_store.coverage
-    study = load_study(c.NAME, synthetic_store.tracking_uri)
+    study = load_study(c.name, synthetic_store.tracking_uri)
     states = dict(zip(study.trials["tags.ldm.trial_number"].astype(int), study.trials["state"]))
     assert states == {0: "finished", 1: "finished", 2: "duplicate", 3: "finished", 4: "worker_died",
                       5: "interrupted", 6: "finished", 7: "killed"}
@@ -106,7 +106,7 @@ def test_trial_state_comes_from_the_outcome_tag_and_killed_without_it_is_not_pru
 
 
 def test_grid_points_and_the_missing_ones_come_from_the_spec(synthetic_store) -> None:
-    study = load_study(synthetic_store.coverage.NAME, synthetic_store.tracking_uri)
+    study = load_study(synthetic_store.coverage.name, synthetic_store.tracking_uri)
     assert study.grid_seeds == ("0", "1")
     assert [tuple(p.values()) for p in study.grid_points()] == [
         ("1", "0"), ("4", "0"), ("8", "0"), ("1", "1"), ("4", "1"), ("8", "1")]
