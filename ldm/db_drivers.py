@@ -15,7 +15,7 @@ INSTALL_HINTS = {
 
 
 def is_database_url(url: str) -> bool:
-    """`postgresql://...`, `postgresql+psycopg2://...`, `sqlite:///...`: a URL SQLAlchemy opens, not a path or server."""
+    """`postgresql://...`, `postgresql+psycopg2://...`, `sqlite:///...`: a URL SQLAlchemy opens (no path, no server)."""
     scheme, sep, _ = url.partition("://")
     return bool(sep) and scheme.split("+", 1)[0] in DATABASE_SCHEMES
 

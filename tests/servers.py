@@ -1,4 +1,4 @@
-"""Real PostgreSQL and `mlflow server` processes on free loopback ports, for the tests (fixtures) and CI (.ci/servers.py).
+"""Real PostgreSQL and `mlflow server` processes on free loopback ports, for the tests and CI (.ci/servers.py).
 
 Set LDM_TEST_POSTGRES_URL / LDM_TEST_MLFLOW_URI to use servers started elsewhere (`.ci/run` does); otherwise
 each test session (each xdist worker) starts its own and stops it at the end. A missing server binary is an
