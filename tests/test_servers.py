@@ -8,6 +8,8 @@ from pathlib import Path
 import mlflow
 import optuna
 import psycopg
+import pytest
+import servers
 from mlflow.tracking import MlflowClient
 
 from ldm.db_drivers import check_driver
@@ -44,3 +46,16 @@ def test_artifact_goes_to_the_server_and_comes_back_through_runs_uri(mlflow_serv
     got = mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/hello.txt", dst_path=str(tmp_path / "got"),
                                               tracking_uri=mlflow_server)
     assert Path(got).read_text() == "from a worker on another machine"
+
+
+def test_a_missing_postgres_binary_is_an_error_naming_the_package(monkeypatch: pytest.MonkeyPatch,
+                                                                  tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no initdb on PATH
+    monkeypatch.setattr(servers, "DEBIAN_POSTGRES_BINS", str(tmp_path / "postgresql" / "*" / "bin"))
+    with pytest.raises(servers.ServerError, match=r"initdb is neither on PATH nor in .*apt-get install -y postgresql"):
+        servers.start_postgres()
+    versions = [tmp_path / "postgresql" / v / "bin" for v in ("9", "15")]
+    for folder in versions:
+        folder.mkdir(parents=True)
+        (folder / "initdb").touch()
+    assert servers.postgres_binary("initdb") == str(versions[1] / "initdb")  # the newest major, not "9" > "15"
