@@ -193,12 +193,12 @@ def _coverage(study: StudyRuns) -> Section:
         grid = Paragraph(f"All {len(points)} grid points have a finished trial.")
     duplicates = tuple((_text(t, tag_column(Tag.TRIAL_NUMBER), "?"), _text(t, DUPLICATE_OF, "?"), _config(study, t),
                         _text(t, param_column(SEED_PARAM), "?")) for _, t in study.in_state("duplicate").iterrows())
-    if not duplicates:
-        return Section("Grid coverage and duplicates", (grid, Paragraph("No duplicate trials.")))
-    return Section("Grid coverage and duplicates", (grid, Paragraph(
+    listed: tuple[Block, ...] = (Paragraph(
         f"Duplicates ({len(duplicates)}) repeat a configuration and seed that finished earlier; only the "
         "earliest finished trial enters tables and figures, so a duplicate never counts as a seed replicate:"),
-        Grid(("trial", "duplicate of", "configuration", "seed"), duplicates)))
+        Grid(("trial", "duplicate of", "configuration", "seed"), duplicates)) if duplicates else (
+        Paragraph("No duplicate trials."),)
+    return Section("Grid coverage and duplicates", (grid, *listed))
 
 
 def _figures(root: Path, figures: Sequence[FigureResult]) -> Section:

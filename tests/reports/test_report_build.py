@@ -33,7 +33,8 @@ def test_index_states_study_spec_commit_hardware_and_sample_counts(synthetic_sto
                  f"| fid_domain | FID (domain) | {s.NUM_SAMPLES} | 12 |",
                  f"| g3.0/cond_accuracy | Cond. accuracy | {s.NUM_SAMPLES} | 12 |",
                  "| psnr | PSNR | not sample-based | 12 |",
-                 "reference split: test", "intermediate FID curves use 200 samples per point"):
+                 "reference split: test", "intermediate FID curves use 200 samples per point",
+                 "All 12 grid points have a finished trial.", "No duplicate trials."):
         assert text in md, text
     assert re.search(r"Report generated: \d{4}-\d\d-\d\d \d\d:\d\d UTC", md)
     assert "diffusion/loss" not in md  # training curves are not report metrics
