@@ -1,4 +1,4 @@
-"""A study's design from the spec its parent run logged: the swept factors and their levels.
+"""A study's design from the spec its parent run logged: the swept factors, their levels and, for a grid, its seeds.
 
 The spec, not the finished trials, says what was swept, so a study in which some or all trials failed
 still reports its grid and ties each failed trial to its point.
@@ -7,26 +7,43 @@ still reports its grid and ties each failed trial to its point.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
-from sweeps.spec import CategoricalParam, Param
+from sweeps.spec import CategoricalParam, Param, SweepSpec
+
+# The config field the spec's `seeds` set in each trial (sweeps.spec.SweepSpec.trial_config).
+SEED_PARAM = "training.seed"
 
 # param -> its levels as MLflow logs them (str of the value); None for a sampled range
 Levels = dict[str, tuple[str, ...] | None]
 
 _SPACE = TypeAdapter(dict[str, Param])
+_SEEDS = TypeAdapter(list[int])
 
 
-def spec_levels(spec_yaml: str) -> Levels | None:
-    """The varied fields of the spec's `space` with their choices; None when the text holds no valid space."""
+@dataclass(frozen=True)
+class StudyDesign:
+    """The varied fields of the spec's `space` with their levels; `grid_seeds` only for sampler `grid`."""
+
+    levels: Levels
+    grid_seeds: tuple[str, ...] | None
+
+
+def spec_design(spec_yaml: str) -> StudyDesign | None:
+    """The design a logged spec describes; None when the text holds no valid space."""
     try:
         raw = yaml.safe_load(spec_yaml)
-        space = _SPACE.validate_python(raw["space"]) if isinstance(raw, Mapping) and "space" in raw else None
+        if not isinstance(raw, Mapping) or "space" not in raw:
+            return None
+        space = _SPACE.validate_python(raw["space"])
+        seeds = _SEEDS.validate_python(raw.get("seeds", SweepSpec.model_fields["seeds"].get_default(
+            call_default_factory=True)))
     except (yaml.YAMLError, ValidationError):
         return None
-    if space is None:
-        return None
-    return {path: tuple(str(c) for c in param.choices) if isinstance(param, CategoricalParam) else None
-            for path, param in space.items() if param.varies()}
+    levels: Levels = {path: tuple(str(c) for c in param.choices) if isinstance(param, CategoricalParam) else None
+                      for path, param in space.items() if param.varies()}
+    is_grid = raw.get("sampler") == "grid" and all(v is not None for v in levels.values())
+    return StudyDesign(levels, tuple(map(str, seeds)) if is_grid else None)

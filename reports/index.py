@@ -16,7 +16,9 @@ from evaluation.metric_catalog import CATALOG
 from ldm.tracking import Tag
 from reports import tables as tbl
 from reports.figures import FigureFiles, FigureResult, SkippedFigure
+from reports.design import SEED_PARAM
 from reports.runs import (
+    DUPLICATE_OF,
     StudyRuns,
     TrialState,
     catalog_base,
@@ -29,7 +31,8 @@ from reports.runs import (
 
 # Metrics computed from `ldm.num_samples` generated images (directly or in a g<scale>/ddim<K> variant).
 _SAMPLE_BASED = re.compile(r"^(fid|kid|is|precision|recall)_|^cond_accuracy$")
-SEED_PARAM = "training.seed"
+# Trials that ended without a result, listed with their reason: every state but finished, duplicate and running.
+STOPPED_STATES: tuple[TrialState, ...] = ("failed", "pruned", "interrupted", "worker_died", "killed")
 
 
 @dataclass(frozen=True)
@@ -108,8 +111,8 @@ def _overview(study: StudyRuns, generated: datetime) -> Section:
         f"Report generated: {generated:%Y-%m-%d %H:%M} UTC; study started: {started:%Y-%m-%d %H:%M} UTC",
         f"Code commit: {_joined(study.tag_values(Tag.GIT_COMMIT))}",
         f"Hardware: {_joined(study.tag_values(Tag.DEVICE))}; torch {_joined(study.tag_values(Tag.TORCH_VERSION))}",
-        f"{', '.join(f'{n} {state}' for state, n in counts.items())} trials; "
-        "only finished trials enter tables and figures",
+        f"{', '.join(f'{n} {state}' for state, n in counts.items() if n or state == 'finished')} trials; "
+        "only finished trials enter tables and figures, one per configuration and seed",
         f"Swept factors: {'; '.join(factors) or 'none (one configuration)'}",
     )),))
 
@@ -153,21 +156,49 @@ def _text(trial: pd.Series, column: str, missing: str) -> str:
     return value if isinstance(value, str) else missing
 
 
-def _trial_row(study: StudyRuns, trial: pd.Series, state: TrialState) -> tuple[str, ...]:
-    config = configuration_label({f: trial[param_column(f)] for f in study.factors})
-    return (_text(trial, tag_column(Tag.TRIAL_NUMBER), "?"), state, config,
+def _config(study: StudyRuns, trial: pd.Series) -> str:
+    return configuration_label({f: trial[param_column(f)] for f in study.factors})
+
+
+def _trial_row(study: StudyRuns, trial: pd.Series) -> tuple[str, ...]:
+    return (_text(trial, tag_column(Tag.TRIAL_NUMBER), "?"), trial["state"], _config(study, trial),
             _text(trial, param_column(SEED_PARAM), "?"), _text(trial, tag_column(Tag.FAIL_REASON), "not recorded"))
 
 
 def _trials(study: StudyRuns) -> Section:
     head = ("trial", "state", "configuration", "seed", "reason")
-    problems = tuple(_trial_row(study, t, state) for state in ("failed", "pruned")
-                     for _, t in study.in_state(state).iterrows())
-    running = tuple(_trial_row(study, t, "running")[:4] for _, t in study.in_state("running").iterrows())
-    return Section("Failed, pruned and running trials", (
-        Grid(head, problems) if problems else Paragraph("No failed or pruned trials."),
+    stopped = tuple(_trial_row(study, t) for _, t in study.trials.iterrows() if t["state"] in STOPPED_STATES)
+    running = tuple(_trial_row(study, t)[:4] for _, t in study.in_state("running").iterrows())
+    return Section("Trials without a result", (
+        Grid(head, stopped) if stopped else Paragraph("No failed, pruned, interrupted or killed trials."),
         Grid(head[:4], running) if running else Paragraph("No trials running."),
     ))
+
+
+def _point_label(point: dict[str, str]) -> str:
+    seed = point[SEED_PARAM]
+    config = {f: v for f, v in point.items() if f != SEED_PARAM}
+    return f"{configuration_label(config)}, seed {seed}" if config else f"seed {seed}"
+
+
+def _coverage(study: StudyRuns) -> Section:
+    """Which grid points have a result, and which finished trials repeat one (kept out of the aggregates)."""
+    points, missing = study.grid_points(), study.missing_points()
+    if not points:
+        grid: Block = Paragraph("Not a grid study: there is no fixed set of points to cover.")
+    elif missing:
+        grid = Paragraph(f"{len(missing)} of {len(points)} grid points missing (no finished trial): "
+                         + "; ".join(map(_point_label, missing)))
+    else:
+        grid = Paragraph(f"All {len(points)} grid points have a finished trial.")
+    duplicates = tuple((_text(t, tag_column(Tag.TRIAL_NUMBER), "?"), _text(t, DUPLICATE_OF, "?"), _config(study, t),
+                        _text(t, param_column(SEED_PARAM), "?")) for _, t in study.in_state("duplicate").iterrows())
+    listed: tuple[Block, ...] = (Paragraph(
+        f"Duplicates ({len(duplicates)}) repeat a configuration and seed that finished earlier; only the "
+        "earliest finished trial enters tables and figures, so a duplicate never counts as a seed replicate:"),
+        Grid(("trial", "duplicate of", "configuration", "seed"), duplicates)) if duplicates else (
+        Paragraph("No duplicate trials."),)
+    return Section("Grid coverage and duplicates", (grid, *listed))
 
 
 def _figures(root: Path, figures: Sequence[FigureResult]) -> Section:
@@ -187,6 +218,7 @@ def index_document(study: StudyRuns, tables: Sequence[tuple[tbl.Table, Sequence[
         _sample_counts(study),
         Section("Tables", table_views),
         _figures(root, figures),
+        _coverage(study),
         _trials(study),
     ))
 

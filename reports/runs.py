@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
@@ -20,18 +21,25 @@ from mlflow.tracking import MlflowClient
 from evaluation.metric_catalog import CATALOG
 from ldm.config import ExperimentConfig
 from ldm.errors import UserError
-from ldm.tracking import Role, Tag, flatten
-from reports.design import spec_levels
+from ldm.tracking import Role, Tag, TrialOutcome, flatten
+from reports.design import SEED_PARAM, spec_design
 from sweeps.runs import SPEC_ARTIFACT, SWEPT_PARAM_PREFIX
 
 MISSING_VALUE = "n/a"
 
-TrialState = Literal["finished", "failed", "pruned", "running"]
+TrialState = Literal["finished", "duplicate", "failed", "pruned", "interrupted", "worker_died", "killed", "running"]
 TRIAL_STATES: tuple[TrialState, ...] = get_args(TrialState)
-# The sweep closes pruned trials as KILLED; only finished trials enter aggregates.
-STATE_OF_STATUS: dict[str, TrialState] = {
-    "FINISHED": "finished", "FAILED": "failed", "KILLED": "pruned", "RUNNING": "running", "SCHEDULED": "running",
+# Why a trial run ended, from the tag the sweep sets (`sweeps.runs.end_trial_run`); only finished trials enter
+# aggregates, and a later finished run of the same configuration and seed is a `duplicate`, not a replicate.
+STATE_OF_OUTCOME: dict[str, TrialState] = {
+    TrialOutcome.COMPLETE: "finished", TrialOutcome.FAILED: "failed", TrialOutcome.PRUNED: "pruned",
+    TrialOutcome.INTERRUPTED: "interrupted", TrialOutcome.WORKER_DIED: "worker_died",
 }
+# Runs without that tag: KILLED is the pruner, a dead worker or an interruption alike, so it says no more than killed.
+STATE_OF_STATUS: dict[str, TrialState] = {
+    "FINISHED": "finished", "FAILED": "failed", "KILLED": "killed", "RUNNING": "running", "SCHEDULED": "running",
+}
+DUPLICATE_OF = "duplicate_of"  # column of `StudyRuns.trials`: the trial number a duplicate repeats
 
 # Readable row labels for the factors of the LDM ablations, in the order tables list them.
 FACTOR_LABELS: dict[str, str] = {
@@ -111,10 +119,10 @@ def column_or_missing(frame: pd.DataFrame, column: str) -> pd.Series:
 
 @dataclass(frozen=True)
 class StudyRuns:
-    """The runs of one study: `trials` has `search_runs` columns plus `state` (see `STATE_OF_STATUS`).
+    """The runs of one study: `trials` has `search_runs` columns plus `state` and `duplicate_of`.
 
     `factors` and their `levels` come from the parent run's spec when it logged one (`reports.design`),
-    otherwise from the params that vary across finished trials.
+    otherwise from the params that vary across finished trials; `grid_seeds` only for a grid study.
     """
 
     name: str
@@ -123,6 +131,7 @@ class StudyRuns:
     factors: tuple[str, ...]
     levels: dict[str, tuple[str, ...]]
     spec_yaml: str | None
+    grid_seeds: tuple[str, ...] | None
     client: MlflowClient = field(repr=False)
 
     @functools.cached_property
@@ -134,6 +143,18 @@ class StudyRuns:
 
     def state_counts(self) -> dict[TrialState, int]:
         return {state: int((self.trials["state"] == state).sum()) for state in TRIAL_STATES}
+
+    def grid_points(self) -> list[dict[str, str]]:
+        """Every point of a grid study (factor levels, then `training.seed`), seeds outermost; [] for other samplers."""
+        combos = list(itertools.product(*(self.levels[f] for f in self.factors)))
+        return [{**dict(zip(self.factors, combo)), SEED_PARAM: seed}
+                for seed in self.grid_seeds or () for combo in combos]
+
+    def missing_points(self) -> list[dict[str, str]]:
+        """Grid points that no finished trial covers (their trials failed, were stopped, or never ran)."""
+        keys = pd.DataFrame({p: column_or_missing(self.finished, param_column(p)) for p in (*self.factors, SEED_PARAM)})
+        covered = set(keys.itertuples(index=False, name=None))
+        return [p for p in self.grid_points() if tuple(p.values()) not in covered]
 
     def metric_names(self) -> list[str]:
         """Metrics that at least one finished trial logged, sorted by name."""
@@ -208,6 +229,30 @@ def _as_factors(params: Iterable[str]) -> tuple[str, ...]:
     return tuple(sorted(factors, key=lambda p: (known.index(p) if p in known else len(known), p)))
 
 
+def trial_states(trials: pd.DataFrame) -> pd.Series:
+    """Each trial run's state: from its `Tag.TRIAL_OUTCOME`, else from its MLflow status (`STATE_OF_STATUS`)."""
+    outcome = column_or_missing(trials, tag_column(Tag.TRIAL_OUTCOME)).map(STATE_OF_OUTCOME)
+    return outcome.fillna(trials["status"].map(STATE_OF_STATUS)).fillna("running")
+
+
+def mark_duplicates(trials: pd.DataFrame, factors: Sequence[str]) -> pd.DataFrame:
+    """Finished trials repeating a configuration and seed become `duplicate`; the earliest finished one stays.
+
+    A re-queued trial whose first worker was only presumed dead finishes twice; counting both would make
+    one seed look like two replicates. `duplicate_of` holds the trial number of the one kept.
+    """
+    keys = [param_column(p) for p in (*factors, SEED_PARAM)]
+    number = tag_column(Tag.TRIAL_NUMBER)
+    finished = trials[trials["state"] == "finished"]
+    finished = pd.DataFrame({k: column_or_missing(finished, k) for k in (*keys, number, "end_time")},
+                            index=finished.index).sort_values("end_time", kind="stable")
+    repeats = finished[finished.duplicated(keys)]
+    kept = finished.drop_duplicates(keys)[[*keys, number]]
+    kept_number = repeats[keys].merge(kept, on=keys, how="left").set_axis(repeats.index)[number]
+    return trials.assign(state=trials["state"].mask(trials.index.isin(repeats.index), "duplicate"),
+                         **{DUPLICATE_OF: kept_number.reindex(trials.index)})
+
+
 def _download_artifact(client: MlflowClient, run_id: str, path: str, dst: Path) -> Path | None:
     folder, _, name = path.rpartition("/")
     listed = {Path(a.path).name for a in client.list_artifacts(run_id, folder or None)}
@@ -243,16 +288,18 @@ def load_study(study: str, tracking_uri: str) -> StudyRuns:
     if parents.empty:
         raise UserError(f"study '{study}' has no parent run (tag {Tag.ROLE}={Role.STUDY}); "
                         "was it started by `ldm sweep`?")
-    trials = runs[roles == Role.TRIAL].assign(state=lambda d: d["status"].map(STATE_OF_STATUS).fillna("running"))
+    trials = runs[roles == Role.TRIAL].assign(state=trial_states)
     number = pd.to_numeric(column_or_missing(trials, tag_column(Tag.TRIAL_NUMBER)), errors="coerce")
     trials = trials.loc[number.sort_values(na_position="last", kind="stable").index]
     # search_runs lists the newest run first: a resumed study reports into its latest parent.
     parent = parents.iloc[0]
     spec_yaml = _spec_yaml(client, parent["run_id"])
-    design = spec_levels(spec_yaml) if spec_yaml is not None else None
-    factors = _as_factors(design) if design is not None else swept_factors(trials[trials["state"] == "finished"])
+    design = spec_design(spec_yaml) if spec_yaml is not None else None
+    specified = design.levels if design is not None else None
+    factors = _as_factors(specified) if specified is not None else swept_factors(trials[trials["state"] == "finished"])
     trials = trials.assign(**{param_column(p): column_or_missing(trials, param_column(p)).fillna(MISSING_VALUE)
                               for p in factors})
-    observed_in = trials if design is not None else trials[trials["state"] == "finished"]
-    levels = {f: tuple(ordered_values((design or {}).get(f) or observed_in[param_column(f)])) for f in factors}
-    return StudyRuns(study, parent, trials.reset_index(drop=True), factors, levels, spec_yaml, client)
+    observed_in = trials if specified is not None else trials[trials["state"] == "finished"]
+    levels = {f: tuple(ordered_values((specified or {}).get(f) or observed_in[param_column(f)])) for f in factors}
+    trials = mark_duplicates(trials, factors).reset_index(drop=True)
+    return StudyRuns(study, parent, trials, factors, levels, spec_yaml, design.grid_seeds if design else None, client)

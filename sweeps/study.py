@@ -15,6 +15,7 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
+from ldm.db_drivers import check_driver
 from ldm.errors import UserError
 from sweeps.liveness import OWNER_ATTR, Liveness, liveness_for
 from sweeps.spec import SweepSpec, TrialPoint
@@ -64,6 +65,7 @@ def open_storage(location: str, liveness: Liveness | None = None) -> BaseStorage
     if "://" not in location:
         Path(location).parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(location))
+    check_driver(location)
     try:
         return RDBStorage(location, **(liveness.rdb_options() if liveness is not None else {}))
     except Exception as e:  # SQLAlchemy raises many types for a bad URL or an unreachable server

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from ldm.config import ExperimentConfig
+from ldm.db_drivers import check_driver
 from ldm.errors import UserError
 from ldm.paths import default_artifact_root, default_tracking_uri
 from ldm.tracking.tags import Tag
@@ -30,8 +31,10 @@ TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 
 
 def resolve_tracking_uri(workdir: Path, explicit: str | None = None) -> str:
-    """`explicit`, else the embedded SQLite store under the work folder."""
-    return explicit or default_tracking_uri(workdir)
+    """`explicit`, else the embedded SQLite store under the work folder; a database URL's driver must be installed."""
+    uri = explicit or default_tracking_uri(workdir)
+    check_driver(uri)
+    return uri
 
 
 def create_store_folder(tracking_uri: str) -> None:

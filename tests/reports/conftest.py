@@ -5,7 +5,9 @@ intermediate FIDs, DDIM and guidance variants and a samples.png each; plus one F
 and one RUNNING trial whose (bad) metrics must stay out of every aggregate. The parent run stays RUNNING.
 Study SPARSE: latent channels c in {3, 4} x two seeds with only fid_domain, psnr and val_loss, so that
 every figure lacks data. Study FAILED: a 2-factor grid (f x c) in which every trial failed, known from
-its spec alone. Study EMPTY: a parent run without trials.
+its spec alone. Study EMPTY: a parent run without trials. Study COVERAGE (`write_coverage_study`, also
+written into a real `mlflow server`): a grid f in {1, 4, 8} x seeds {0, 1} with a duplicate, a trial whose
+worker died, an interrupted one, a KILLED one from before the outcome tag, and two missing points.
 Tests reach the constants through the fixture object (tests run with --import-mode=importlib, which
 makes a helper module unimportable by name).
 """
@@ -13,7 +15,9 @@ makes a helper module unimportable by name).
 from __future__ import annotations
 
 import math
+import shutil
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -52,7 +56,7 @@ class SyntheticStore:
     SPEC_YAML: ClassVar[str] = (
         "name: toy-ablation\nsampler: grid\nspace:\n  autoencoder.f: {type: categorical, choices: [8, 1, 4]}\n"
         "  diffusion.schedule: {type: categorical, choices: [linear, cosine]}\n"
-        "  diffusion.conditioning: {type: categorical, choices: [class]}\n")
+        "  diffusion.conditioning: {type: categorical, choices: [class]}\nseeds: [0, 1]\n")
     FAILED_SPEC_YAML: ClassVar[str] = (
         "name: toy-failed\nsampler: grid\nspace:\n  autoencoder.f: {type: categorical, choices: [1, 4]}\n"
         "  autoencoder.latent_channels: {type: categorical, choices: [3, 4]}\n")
@@ -61,6 +65,7 @@ class SyntheticStore:
 
     tracking_uri: str
     root: Path
+    coverage: CoverageStudy
     finished: pd.DataFrame  # FULL's finished trials: f, schedule, seed, run_id and every final metric logged
     parent_run_ids: dict[str, str]
     other_run_ids: dict[str, str]  # "failed", "pruned", "running" -> run id (FULL)
@@ -105,7 +110,10 @@ class _StudyWriter:
 
     def __init__(self, client: MlflowClient, root: Path, study: str, spec: str | None) -> None:
         self.client, self.root, self.study = client, root, study
-        self.experiment_id = client.create_experiment(study, artifact_location=(root / "artifacts" / study).as_uri())
+        # A server stores artifacts itself (proxied); a local store keeps them under `root`.
+        served = client.tracking_uri.startswith("http")
+        self.experiment_id = client.create_experiment(
+            study, artifact_location=None if served else (root / "artifacts" / study).as_uri())
         parent = client.create_run(self.experiment_id, run_name=study, tags={
             "ldm.role": "study", "ldm.study": study, "ldm.git_commit": S.GIT_COMMIT, "ldm.device": S.DEVICE})
         self.parent_id = parent.info.run_id
@@ -172,10 +180,10 @@ def _write_full(client: MlflowClient, root: Path) -> tuple[str, pd.DataFrame, di
     leaked = {"fid_domain": S.LEAKED, "psnr": S.LEAKED, "bpp": S.LEAKED}
     others = {
         "failed": writer.trial(["autoencoder.f=8", "diffusion.schedule=cosine", *common], 2, steps={},
-                               final=leaked, tags={"ldm.fail_reason": S.FAIL_REASON}),
+                               final=leaked, tags={"ldm.fail_reason": S.FAIL_REASON, "ldm.trial_outcome": "failed"}),
         "pruned": writer.trial(["autoencoder.f=1", "diffusion.schedule=linear", *common], 2,
                                steps={"fid_domain": {100: S.LEAKED, 200: S.LEAKED}}, final={},
-                               tags={"ldm.fail_reason": S.PRUNE_REASON}),
+                               tags={"ldm.fail_reason": S.PRUNE_REASON, "ldm.trial_outcome": "pruned"}),
         "running": writer.trial(["autoencoder.f=4", "diffusion.schedule=linear", *common], 2,
                                 steps={"fid_domain": {100: S.LEAKED}}, final={}),
     }
@@ -206,6 +214,49 @@ def _write_failed(client: MlflowClient, root: Path) -> str:
     return writer.parent_id
 
 
+@dataclass(frozen=True)
+class CoverageStudy:
+    """Trial number -> run id of the COVERAGE study, and the final FID each finished trial logged."""
+
+    SPEC_YAML: ClassVar[str] = (
+        "name: toy-coverage\nsampler: grid\nspace:\n  autoencoder.f: {type: categorical, choices: [1, 4, 8]}\n"
+        "seeds: [0, 1]\n")
+    WORKER_DIED_REASON: ClassVar[str] = "worker host-b:4711 stopped heart-beating; trial queued again"
+    INTERRUPTED_REASON: ClassVar[str] = "interrupted"
+    # trial number: (f, seed, how it ended, final fid_domain or None, end time in s after the start)
+    TRIALS: ClassVar[dict[int, tuple[int, int, str, float | None, int]]] = {
+        0: (1, 0, "complete", 30.0, 1),
+        1: (1, 1, "complete", 32.0, 2),
+        2: (4, 0, "complete", 90.0, 9),  # re-queued point: finished after trial 3, so trial 2 is the duplicate
+        3: (4, 0, "complete", 20.0, 3),
+        4: (4, 1, "worker_died", None, 4),
+        5: (8, 0, "interrupted", None, 5),
+        6: (8, 1, "complete", 40.0, 6),
+        7: (1, 0, "KILLED", None, 7),  # a run from before `ldm.trial_outcome`: its status alone
+    }
+
+    name: str
+    parent_run_id: str
+    run_ids: dict[int, str]
+
+
+def write_coverage_study(client: MlflowClient, root: Path, name: str = "toy-coverage") -> CoverageStudy:
+    """The COVERAGE study, as a sweep over several machines leaves it."""
+    statuses = {"complete": "FINISHED", "worker_died": "KILLED", "interrupted": "KILLED", "KILLED": "KILLED"}
+    reasons = {"worker_died": CoverageStudy.WORKER_DIED_REASON, "interrupted": CoverageStudy.INTERRUPTED_REASON}
+    writer = _StudyWriter(client, root, name, spec=CoverageStudy.SPEC_YAML)
+    start = int(time.time() * 1000)
+    run_ids = {}
+    for number, (f, seed, ended, fid, end_s) in CoverageStudy.TRIALS.items():
+        tags = {"ldm.fail_reason": reasons[ended]} if ended in reasons else {}
+        if ended != "KILLED":
+            tags["ldm.trial_outcome"] = ended
+        run_ids[number] = writer.trial([f"autoencoder.f={f}"], seed, steps={},
+                                       final={"fid_domain": fid} if fid is not None else {}, tags=tags)
+        client.set_terminated(run_ids[number], statuses[ended], end_time=start + 1000 * end_s)
+    return CoverageStudy(name, writer.parent_id, run_ids)
+
+
 def _build_store(root: Path) -> SyntheticStore:
     root.mkdir(parents=True, exist_ok=True)
     uri = f"sqlite:///{root / 'mlflow.db'}"
@@ -214,13 +265,25 @@ def _build_store(root: Path) -> SyntheticStore:
     parents = {S.FULL_STUDY: full_parent, S.SPARSE_STUDY: _write_sparse(client, root),
                S.FAILED_STUDY: _write_failed(client, root),
                S.EMPTY_STUDY: _StudyWriter(client, root, S.EMPTY_STUDY, spec=None).parent_id}
-    return SyntheticStore(uri, root, finished, parents, others)
+    return SyntheticStore(uri, root, write_coverage_study(client, root), finished, parents, others)
 
 
 @pytest.fixture(scope="session")
 def synthetic_store(tmp_path_factory: pytest.TempPathFactory) -> SyntheticStore:
     """Written once per session: creating the MLflow schema alone takes seconds."""
     return _build_store(tmp_path_factory.getbasetemp() / "synthetic-mlflow")
+
+
+@pytest.fixture(scope="session")
+def served_coverage_study(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> CoverageStudy:
+    """The COVERAGE study in a real `mlflow server`, under a name of its own (CI shares one server between sessions).
+
+    The files the writer logged from are deleted: what a report needs must come from the server.
+    """
+    root = tmp_path_factory.mktemp("served-writer")
+    study = write_coverage_study(MlflowClient(tracking_uri=mlflow_server), root, f"toy-coverage-{uuid.uuid4().hex[:8]}")
+    shutil.rmtree(root)
+    return study
 
 
 def _report(study: str, store: SyntheticStore, factory: pytest.TempPathFactory) -> ReportSummary:
@@ -231,6 +294,11 @@ def _report(study: str, store: SyntheticStore, factory: pytest.TempPathFactory) 
 def full_report(synthetic_store: SyntheticStore, tmp_path_factory: pytest.TempPathFactory) -> ReportSummary:
     """FULL's report in every format, built once (drawing the figures takes seconds)."""
     return _report(S.FULL_STUDY, synthetic_store, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def coverage_report(synthetic_store: SyntheticStore, tmp_path_factory: pytest.TempPathFactory) -> ReportSummary:
+    return _report(synthetic_store.coverage.name, synthetic_store, tmp_path_factory)
 
 
 @pytest.fixture(scope="session")

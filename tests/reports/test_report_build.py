@@ -16,6 +16,7 @@ from PIL import Image
 from ldm.errors import UserError
 from reports import build as build_module
 from reports.build import build_report
+from reports.runs import TRIAL_STATES
 
 
 def linked_files(summary) -> list[Path]:
@@ -32,7 +33,8 @@ def test_index_states_study_spec_commit_hardware_and_sample_counts(synthetic_sto
                  f"| fid_domain | FID (domain) | {s.NUM_SAMPLES} | 12 |",
                  f"| g3.0/cond_accuracy | Cond. accuracy | {s.NUM_SAMPLES} | 12 |",
                  "| psnr | PSNR | not sample-based | 12 |",
-                 "reference split: test", "intermediate FID curves use 200 samples per point"):
+                 "reference split: test", "intermediate FID curves use 200 samples per point",
+                 "All 12 grid points have a finished trial.", "No duplicate trials."):
         assert text in md, text
     assert re.search(r"Report generated: \d{4}-\d\d-\d\d \d\d:\d\d UTC", md)
     assert "diffusion/loss" not in md  # training curves are not report metrics
@@ -47,7 +49,8 @@ def test_failed_pruned_and_running_trials_are_listed(synthetic_store, full_repor
     assert f"| 13 | pruned | f=1, schedule=linear | 2 | {s.PRUNE_REASON} |" in md
     assert "| 14 | running | f=4, schedule=linear | 2 |" in md
     assert html.escape(s.FAIL_REASON) in page and html.escape(s.PRUNE_REASON) in page
-    assert full_report.trial_counts == {"finished": 12, "failed": 1, "pruned": 1, "running": 1}
+    assert full_report.trial_counts == {**dict.fromkeys(TRIAL_STATES, 0), "finished": 12, "failed": 1, "pruned": 1,
+                                        "running": 1}
 
 
 def test_report_works_while_the_study_runs(synthetic_store, full_report) -> None:
@@ -122,7 +125,8 @@ def test_failed_build_keeps_the_previous_report(synthetic_store, tmp_path, monke
 def test_study_without_trials_still_gets_an_index(synthetic_store, tmp_path) -> None:
     summary = build_report(synthetic_store.EMPTY_STUDY, tmp_path / "r", tracking_uri=synthetic_store.tracking_uri)
     md = summary.index.read_text()
-    assert "0 finished, 0 failed, 0 pruned, 0 running trials" in md and "No trials running." in md
+    assert "- 0 finished trials;" in md and "No trials running." in md  # states without trials are left out
+    assert "Not a grid study" in md
     assert summary.figures == () and len(summary.skipped) == 6
 
 
@@ -136,7 +140,8 @@ def test_study_where_every_trial_failed_reports_its_grid_and_each_failed_point(s
     for number, (f, c) in enumerate(points):
         assert f"| {number} | failed | f={f}, c={c} | 0 | {reason} |" in md
     assert "all runs" not in md
-    assert summary.trial_counts == {"finished": 0, "failed": 4, "pruned": 0, "running": 0}
+    assert "4 of 4 grid points missing (no finished trial): f=1, c=3, seed 0; f=1, c=4, seed 0;" in md
+    assert summary.trial_counts == {**dict.fromkeys(TRIAL_STATES, 0), "failed": 4}
 
 
 def test_unknown_format_names_the_allowed_ones(synthetic_store, tmp_path) -> None:
@@ -160,3 +165,25 @@ def test_output_path_that_is_a_file_is_refused(synthetic_store, tmp_path) -> Non
     with pytest.raises(UserError, match="is a file"):
         build_report(synthetic_store.SPARSE_STUDY, target, tracking_uri=synthetic_store.tracking_uri)
     assert target.read_text() == "not a folder"
+
+
+def test_index_lists_duplicates_missing_points_and_trials_stopped_by_their_worker(synthetic_store,
+                                                                                   coverage_report) -> None:
+    md = coverage_report.index.read_text()
+    c = synthetic_store.coverage
+    assert "4 finished, 1 duplicate, 1 interrupted, 1 worker_died, 1 killed trials" in md
+    assert "2 of 6 grid points missing (no finished trial): f=8, seed 0; f=4, seed 1" in md
+    assert "| trial | duplicate of | configuration | seed |\n| --- | --- | --- | --- |\n| 2 | 3 | f=4 | 0 |" in md
+    assert f"| 4 | worker_died | f=4 | 1 | {c.WORKER_DIED_REASON} |" in md
+    assert f"| 5 | interrupted | f=8 | 0 | {c.INTERRUPTED_REASON} |" in md
+    assert "| 7 | killed | f=1 | 0 | not recorded |" in md
+    assert "| pruned |" not in md  # no trial of this study was pruned, although four are KILLED
+
+
+def test_a_duplicate_is_not_a_seed_replicate(synthetic_store, coverage_report) -> None:
+    overall = pd.read_csv(coverage_report.folder / "tables" / "overall.csv").set_index("f")
+    fids = {number: trial[3] for number, trial in synthetic_store.coverage.TRIALS.items()}
+    assert overall["n"].to_dict() == {1: 2, 4: 1, 8: 1}
+    assert overall.loc[4, "fid_domain_mean"] == fids[3]  # the earliest finished of the two, not their mean
+    assert pd.isna(overall.loc[4, "fid_domain_std"])
+    assert overall.loc[1, "fid_domain_mean"] == (fids[0] + fids[1]) / 2

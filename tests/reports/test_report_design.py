@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import yaml
 
-from reports.design import spec_levels
+from reports.design import StudyDesign, spec_design
 from sweeps.spec import parse_spec
 
 
@@ -15,10 +15,20 @@ def test_levels_are_the_varied_fields_of_the_space_with_their_choices() -> None:
                                  "diffusion.schedule": {"type": "categorical", "choices": ["cosine"]},
                                  "training.diffusion.lr": {"type": "float", "low": 1e-5, "high": 1e-3}}})
     logged = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)  # as `sweeps.runs` writes it
-    assert spec_levels(logged) == {"autoencoder.f": ("4", "2"), "training.diffusion.lr": None}
+    assert spec_design(logged) == StudyDesign({"autoencoder.f": ("4", "2"), "training.diffusion.lr": None}, None)
 
 
 def test_text_without_a_valid_space_has_no_design() -> None:
-    assert spec_levels("name: old\nsearch_space:\n  autoencoder.f: [1, 4]\n") is None
-    assert spec_levels("space:\n  autoencoder.f: {type: categorical}\n") is None
-    assert spec_levels("space: [unclosed\n") is None
+    assert spec_design("name: old\nsearch_space:\n  autoencoder.f: [1, 4]\n") is None
+    assert spec_design("space:\n  autoencoder.f: {type: categorical}\n") is None
+    assert spec_design("space: [unclosed\n") is None
+
+
+def test_a_grid_spec_names_its_seeds() -> None:
+    spec = parse_spec({"name": "grid", "base": {"preset": "tiny"}, "sampler": "grid", "seeds": [3, 1],
+                       "objectives": [{"metric": "fid_domain"}],
+                       "space": {"autoencoder.f": {"type": "categorical", "choices": [4, 2]}}})
+    logged = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+    assert spec_design(logged) == StudyDesign({"autoencoder.f": ("4", "2")}, ("3", "1"))
+    # `seeds` defaults as in the spec model
+    assert spec_design("sampler: grid\nspace: {}\n") == StudyDesign({}, ("0",))

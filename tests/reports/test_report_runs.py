@@ -6,13 +6,14 @@ import mlflow
 import pytest
 
 from ldm.errors import UserError
-from reports.runs import catalog_base, configuration_label, is_seed, load_study, ordered_values
+from reports.runs import TRIAL_STATES, catalog_base, configuration_label, is_seed, load_study, ordered_values
 
 
 def test_parent_and_trials_split_by_state(synthetic_store) -> None:
     study = load_study(synthetic_store.FULL_STUDY, synthetic_store.tracking_uri)
     assert study.parent["run_id"] == synthetic_store.parent_run_ids[synthetic_store.FULL_STUDY]
-    assert study.state_counts() == {"finished": 12, "failed": 1, "pruned": 1, "running": 1}
+    assert study.state_counts() == {**dict.fromkeys(TRIAL_STATES, 0), "finished": 12, "failed": 1, "pruned": 1,
+                                    "running": 1}
     assert set(study.finished["run_id"]) == set(synthetic_store.finished["run_id"])
     for state in ("failed", "pruned", "running"):
         assert study.in_state(state)["run_id"].tolist() == [synthetic_store.other_run_ids[state]]
@@ -92,3 +93,24 @@ def test_catalog_base_of_variants_and_training_curves() -> None:
     assert catalog_base("ddim10/sample_images_per_s") == "sample_images_per_s"
     assert catalog_base("psnr") == "psnr"
     assert catalog_base("diffusion/loss") is None and catalog_base("ae/val_loss") is None
+
+
+def test_trial_state_comes_from_the_outcome_tag_and_killed_without_it_is_not_pruned(synthetic_store) -> None:
+    c = synthetic_store.coverage
+    study = load_study(c.name, synthetic_store.tracking_uri)
+    states = dict(zip(study.trials["tags.ldm.trial_number"].astype(int), study.trials["state"]))
+    assert states == {0: "finished", 1: "finished", 2: "duplicate", 3: "finished", 4: "worker_died",
+                      5: "interrupted", 6: "finished", 7: "killed"}
+    assert study.trials.loc[study.trials["state"] == "duplicate", "duplicate_of"].tolist() == ["3"]
+    assert sorted(study.finished["run_id"]) == sorted(c.run_ids[n] for n in (0, 1, 3, 6))
+
+
+def test_grid_points_and_the_missing_ones_come_from_the_spec(synthetic_store) -> None:
+    study = load_study(synthetic_store.coverage.name, synthetic_store.tracking_uri)
+    assert study.grid_seeds == ("0", "1")
+    assert [tuple(p.values()) for p in study.grid_points()] == [
+        ("1", "0"), ("4", "0"), ("8", "0"), ("1", "1"), ("4", "1"), ("8", "1")]
+    assert study.missing_points() == [{"autoencoder.f": "8", "training.seed": "0"},
+                                      {"autoencoder.f": "4", "training.seed": "1"}]
+    sparse = load_study(synthetic_store.SPARSE_STUDY, synthetic_store.tracking_uri)  # no spec: no grid
+    assert sparse.grid_seeds is None and sparse.grid_points() == sparse.missing_points() == []
