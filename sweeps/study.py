@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import shutil
 import time
+import warnings
 from collections import Counter
 from pathlib import Path
 
 import optuna
 import pandas as pd
-from optuna.exceptions import DuplicatedStudyError
+from optuna.exceptions import DuplicatedStudyError, ExperimentalWarning
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
@@ -41,6 +42,9 @@ CREATOR_WAIT_S = 60.0
 ENQUEUED_PARAMS_ATTR = "fixed_params"
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+# The heartbeat, its stale-trial failing and metric names are "experimental" in Optuna 5; they are what a
+# multi-machine study needs, so their notices would only repeat in every worker's output.
+warnings.filterwarnings("ignore", category=ExperimentalWarning)
 
 
 def sweeps_root(workdir: Path) -> Path:
