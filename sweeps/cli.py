@@ -11,10 +11,14 @@ import os
 import shlex
 import signal
 import subprocess
+import sys
+import threading
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from ldm.errors import UserError
 from ldm.paths import resolve_workdir
 from sweeps.spec import load_spec, shipped_spec_names
 
@@ -152,43 +156,80 @@ def ui(
                     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port of the MLflow UI.")] = 5000,
     tracking_uri: TrackingOption = None,
+    optuna: Annotated[bool, typer.Option("--optuna", help="Also start optuna-dashboard (the `dashboard` extra) "
+                                         "on a study's storage.")] = False,
+    optuna_port: Annotated[int, typer.Option(help="Port of optuna-dashboard.")] = 8080,
+    storage: Annotated[Optional[str], typer.Option(
+        "--storage", help="Optuna storage for --optuna (default: the one study journal under <workdir>/sweeps).")
+    ] = None,
 ) -> None:
-    """Start the MLflow UI on the sweep runs, and print the optuna-dashboard command of each study.
+    """Start the MLflow UI on the sweep runs (and optuna-dashboard with --optuna); print their URLs.
 
-    SIGINT and SIGTERM go to the server and all its workers; `ldm ui` exits when the server does.
+    SIGINT and SIGTERM go to every server and all their workers; `ldm ui` exits when a server does.
     """
     from ldm.tracking.runs import create_store_folder, resolve_tracking_uri
     from sweeps.runs import mlflow_ui_command
     from sweeps.study import JOURNAL_NAME, sweeps_root
 
     workdir = resolve_workdir()
-    for journal in sorted(sweeps_root(workdir).glob(f"*/{JOURNAL_NAME}")):
-        typer.echo(f"Optuna dashboard of {journal.parent.name}: optuna-dashboard {shlex.quote(str(journal))}")
+    journals = sorted(sweeps_root(workdir).glob(f"*/{JOURNAL_NAME}"))
+    servers = {}
+    if optuna:
+        servers[f"optuna-dashboard on http://{host}:{optuna_port}"] = _dashboard_command(
+            storage, journals, host, optuna_port)
+    else:
+        for journal in journals:
+            typer.echo(f"Optuna dashboard of {journal.parent.name}: optuna-dashboard {shlex.quote(str(journal))}")
     uri = resolve_tracking_uri(workdir, tracking_uri)
     create_store_folder(uri)  # the UI creates the store itself on first start
-    command = mlflow_ui_command(uri, workdir, host, port)
-    typer.echo(f"MLflow UI on http://{host}:{port} ({shlex.join(command)})")
-    raise typer.Exit(run_server(command))
+    servers[f"MLflow UI on http://{host}:{port}"] = mlflow_ui_command(uri, workdir, host, port)
+    for name, command in servers.items():
+        typer.echo(f"{name} ({shlex.join(command)})")
+    raise typer.Exit(run_servers(list(servers.values())))
 
 
-def run_server(command: list[str]) -> int:
-    """Run a server in a process group of its own until it exits; SIGINT/SIGTERM stop the whole group.
+def _dashboard_command(storage: str | None, journals: list[Path], host: str, port: int) -> list[str]:
+    import shutil
+
+    executable = shutil.which("optuna-dashboard", path=str(Path(sys.executable).parent)) or shutil.which(
+        "optuna-dashboard")  # the venv's own first, as for `mlflow`
+    if executable is None:
+        raise UserError("--optuna needs optuna-dashboard; install it with `pip install 'ldm-suite[dashboard]'`")
+    if storage is None:
+        if len(journals) != 1:
+            found = ", ".join(j.parent.name for j in journals) or "none"
+            raise UserError(f"--optuna needs --storage: there is not exactly one study journal under the work "
+                            f"folder (studies: {found})")
+        storage = str(journals[0])
+    return [executable, storage, "--host", host, "--port", str(port), "--quiet"]
+
+
+def run_servers(commands: list[list[str]]) -> int:
+    """Run servers, each in a process group of its own, until one exits; SIGINT/SIGTERM stop every group.
 
     `mlflow ui` starts gunicorn or uvicorn workers: a signal to the `mlflow` process alone would leave them
     listening on the port.
     """
-    server = subprocess.Popen(command, start_new_session=True)
+    servers = [subprocess.Popen(command, start_new_session=True) for command in commands]
+    ended = threading.Event()
 
-    def stop(signum: int, frame: object) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGTERM)
+    def stop_all(signum: int | None = None, frame: object = None) -> None:
+        for server in servers:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.pid, signal.SIGTERM)
+        ended.set()
 
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, stop_all) for s in (signal.SIGINT, signal.SIGTERM)}
+    waiters = [threading.Thread(target=lambda s=server: (s.wait(), ended.set()), daemon=True) for server in servers]
+    for waiter in waiters:
+        waiter.start()
     try:
-        code = server.wait()
+        while not ended.wait(0.5):
+            pass
     finally:
+        stop_all()  # the others, and workers a server left behind
         for s, handler in previous.items():
             signal.signal(s, handler)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGTERM)  # workers the server left behind
+    codes = [server.wait() for server in servers]
+    code = next((c for c in codes if c != 0), 0)
     return 128 - code if code < 0 else code  # killed by signal N: the shell's 128 + N

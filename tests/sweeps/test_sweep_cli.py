@@ -106,7 +106,7 @@ def test_ui_starts_mlflow_on_loopback_and_prints_the_optuna_dashboard_command(wo
     assert runner.invoke(cli.app, ["run", str(write_spec(tmp_path, "seen", ["fid_domain"])), "--n-trials", "1"]) \
         .exit_code == 0
     started: list[list[str]] = []
-    monkeypatch.setattr(cli, "run_server", lambda command: started.append(command) or 0)
+    monkeypatch.setattr(cli, "run_servers", lambda commands: started.extend(commands) or 0)
     ui_app = __import__("typer").Typer()
     ui_app.command()(cli.ui)
     result = runner.invoke(ui_app, [])
@@ -138,3 +138,12 @@ def test_delete_asks_then_removes_the_study_and_its_experiment_and_frees_the_nam
     assert MlflowClient(tracking_uri=default_tracking_uri(workdir)).get_experiment_by_name("gone") is None
     again = runner.invoke(cli.app, ["run", str(spec)])  # the name is free for a new study
     assert again.exit_code == 0 and "3 complete trials" in again.output
+
+
+def test_ui_optuna_without_one_study_journal_asks_for_the_storage(workdir):
+    ui_app = __import__("typer").Typer()
+    ui_app.command()(cli.ui)
+    result = runner.invoke(ui_app, ["--optuna"])
+    assert isinstance(result.exception, UserError)
+    assert str(result.exception) == ("--optuna needs --storage: there is not exactly one study journal under the "
+                                     "work folder (studies: none)")
