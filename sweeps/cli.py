@@ -60,6 +60,9 @@ def run(
     typer.echo(f"MLflow UI: {shlex.join(mlflow_ui_command(summary.tracking_uri, workdir))}")
     if summary.interrupted:
         typer.echo("interrupted: run the same command again to resume", err=True)
+    elif summary.stopped_early:
+        typer.echo(f"stopped early: {summary.stopped_early}; resume with: ldm sweep run {shlex.quote(spec)}", err=True)
+    if summary.exit_code:
         raise typer.Exit(summary.exit_code)
 
 

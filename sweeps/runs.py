@@ -81,12 +81,13 @@ def study_run_status(ended: str, counts: Counter[TrialState]) -> str:
 
 
 def close_study_run(tracking: StudyTracking, ended: str, trials: Iterable[FrozenTrial],
-                    best: Iterable[FrozenTrial]) -> None:
-    """End the parent run with its trials counted per state and its best trials named."""
+                    best: Iterable[FrozenTrial], outcome: str) -> None:
+    """End the parent run with its outcome (complete, stopped early, interrupted, failed), its trials counted per
+    state and its best trials named."""
     counts = Counter(t.state for t in trials)
     parent = MlflowTracker(tracking.parent_run_id, tracking.tracking_uri)
     parent.set_tags({**{tag: str(counts[state]) for state, tag in TRIAL_COUNT_TAGS.items()},
-                     Tag.BEST_TRIALS: ",".join(str(t.number) for t in best)})
+                     Tag.BEST_TRIALS: ",".join(str(t.number) for t in best), Tag.STUDY_OUTCOME: outcome})
     parent.end(study_run_status(ended, counts))
 
 

@@ -288,6 +288,17 @@ def claim_trial(study: optuna.Study, spec: SweepSpec, budget: int | None, owner:
     return None
 
 
+def work_left(study: optuna.Study, spec: SweepSpec, budget: int | None) -> str | None:
+    """What the study still lacks, in words, or None when it is complete (every grid point, or the budget)."""
+    trials = study.get_trials(deepcopy=False)
+    if spec.sampler == "grid":
+        done = {p.key() for t in trials if counts_toward_budget(t) and (p := trial_point(t)) is not None}
+        left = sum(p.key() not in done for p in spec.grid_points())
+        return f"{left} of {spec.grid_size} grid points left" if left else None
+    taken = sum(counts_toward_budget(t) for t in trials)
+    return f"{budget - taken} of {budget} trials left" if budget is not None and taken < budget else None
+
+
 def request_stop(study: optuna.Study, requested: bool = True) -> None:
     """Ask every worker of the study, on any machine, to stop (`ldm sweep stop`), or withdraw the request."""
     study.set_user_attr(STOP_ATTR, requested)

@@ -56,6 +56,7 @@ from sweeps.study import (
     study_dir,
     suggest_point,
     wait_for_parent_run,
+    work_left,
     worker_liveness,
 )
 
@@ -69,6 +70,7 @@ def signal_exit(signum: int | None) -> int:
     return 0 if signum is None else 128 + signum
 
 
+STOPPED_EARLY_EXIT = 3  # `ldm sweep run` ended by timeout_s or the trial budget, with work left
 # How often an idle worker looks for a dead worker's trial to take over (seconds; at most the heartbeat).
 IDLE_POLL_S = 2.0
 INTERRUPTED_EXITS = frozenset(signal_exit(s) for s in STOP_SIGNALS)
@@ -303,6 +305,7 @@ class StudySummary:
     best_trials: list[FrozenTrial]
     wall_s: float
     stop_signal: int | None
+    stopped_early: str | None = None  # why a run that was not interrupted ended with work left
 
     @property
     def interrupted(self) -> bool:
@@ -310,7 +313,10 @@ class StudySummary:
 
     @property
     def exit_code(self) -> int:
-        return signal_exit(self.stop_signal)
+        """128 + the signal when interrupted; `STOPPED_EARLY_EXIT` when stopped early; 0 when complete."""
+        if self.interrupted:
+            return signal_exit(self.stop_signal)
+        return STOPPED_EARLY_EXIT if self.stopped_early else 0
 
 
 def run_sweep(spec: SweepSpec, workdir: Path, n_trials: int | None = None, workers: int = 1,
@@ -354,10 +360,24 @@ def run_sweep(spec: SweepSpec, workdir: Path, n_trials: int | None = None, worke
         _recover(job, study, liveness, log)
         best = pareto_front(study)
         trials = study.get_trials(deepcopy=False)
-        runs.close_study_run(tracking, run_status, trials, best)
+        early = _stopped_early(job, study, clock) if run_status == "FINISHED" else None
+        outcome = "complete" if run_status == "FINISHED" and early is None else (
+            "stopped early" if early else "interrupted" if run_status == "KILLED" else "failed")
+        runs.close_study_run(tracking, run_status, trials, best, outcome)
     states = dict(Counter(t.state.name for t in trials))
     return StudySummary(spec.name, location, tracking.tracking_uri, tracking.parent_run_id, objective_names(study),
-                        states, best, time.monotonic() - started, stopped)
+                        states, best, time.monotonic() - started, stopped, early)
+
+
+def _stopped_early(job: WorkerJob, study: optuna.Study, clock: Clock) -> str | None:
+    left = work_left(study, job.spec, job.budget)
+    if left is None:
+        return None
+    if job.deadline is not None and clock() >= job.deadline:
+        return f"timeout_s={job.spec.timeout_s:g} reached with {left}"
+    if job.budget is not None and job.spec.sampler == "grid" and job.budget < job.spec.grid_size:
+        return f"the trial budget (n_trials={job.budget}) reached with {left}"
+    return f"{left}: their trials failed or their workers died too often"
 
 
 def _study_tracking(study: optuna.Study, created: bool, spec: SweepSpec, tracking_uri: str, workdir: Path,

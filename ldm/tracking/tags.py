@@ -24,6 +24,7 @@ class Tag(StrEnum):
     SAMPLER = "ldm.sampler"
     OBJECTIVES = "ldm.objectives"
     BEST_TRIALS = "ldm.best_trials"
+    STUDY_OUTCOME = "ldm.study_outcome"  # complete, stopped early, interrupted or failed
     # The parent run's count of trials per Optuna state, set when the study run ends.
     TRIALS_COMPLETE = "ldm.trials_complete"
     TRIALS_FAILED = "ldm.trials_failed"

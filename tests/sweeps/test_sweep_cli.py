@@ -40,7 +40,9 @@ def write_spec(tmp_path: Path, name: str, objectives: list[str]) -> Path:
 def test_run_prints_study_trials_wall_time_and_ui_command_then_status_shows_the_trials(workdir, tmp_path):
     spec = write_spec(tmp_path, "cli", ["fid_domain"])
     result = runner.invoke(cli.app, ["run", str(spec), "--n-trials", "2"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 3, result.output  # stopped early, with work left
+    assert result.output.splitlines()[-1] == (f"stopped early: the trial budget (n_trials=2) reached with 1 of 3 "
+                                              f"grid points left; resume with: ldm sweep run {spec}")
     lines = result.output.splitlines()
     assert lines[0] == "study cli: sampler grid, objectives fid_domain (minimize)"
     assert [line.split()[:3] for line in lines if line.startswith("trial ")] == [
@@ -104,7 +106,7 @@ def test_validate_names_every_error_of_a_spec_at_once(tmp_path):
 
 def test_ui_starts_mlflow_on_loopback_and_prints_the_optuna_dashboard_command(workdir, tmp_path, monkeypatch):
     assert runner.invoke(cli.app, ["run", str(write_spec(tmp_path, "seen", ["fid_domain"])), "--n-trials", "1"]) \
-        .exit_code == 0
+        .exit_code == 3  # one of three grid points: stopped early
     started: list[list[str]] = []
     monkeypatch.setattr(cli, "run_servers", lambda commands: started.extend(commands) or 0)
     ui_app = __import__("typer").Typer()

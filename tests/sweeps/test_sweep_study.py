@@ -302,8 +302,11 @@ def test_timeout_stops_claiming_new_trials(workdir):
         return quick_trial(cfg, workdir, tracker, report)
 
     # The deadline passes during the first trial, which finishes; no second trial starts.
-    assert run_sweep(spec, workdir, trial_fn=outlasting_trial, log=quiet, clock=lambda: now[0]).states \
-        == {"COMPLETE": 1}
+    summary = run_sweep(spec, workdir, trial_fn=outlasting_trial, log=quiet, clock=lambda: now[0])
+    assert summary.states == {"COMPLETE": 1}
+    assert summary.stopped_early == "timeout_s=60 reached with 2 of 3 trials left" and summary.exit_code == 3
+    parent = client(workdir).get_run(summary.parent_run_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags["ldm.study_outcome"] == "stopped early"
 
 
 def test_unusable_tracking_uri_is_a_user_error_before_any_trial(workdir, tmp_path):
