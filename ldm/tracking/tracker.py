@@ -15,6 +15,9 @@ class Tracker(Protocol):
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
     def log_image(self, image: Image.Image, key: str, step: int | None = None) -> None: ...
     def set_tags(self, tags: dict[str, str]) -> None: ...
+    def artifact_uri(self, artifact_path: str) -> str | None:
+        """`runs:/<run id>/<artifact_path>`, a name other machines can download; None without a run."""
+        ...
 
 
 class NullTracker:
@@ -34,6 +37,9 @@ class NullTracker:
 
     def set_tags(self, tags: dict[str, str]) -> None:
         pass
+
+    def artifact_uri(self, artifact_path: str) -> str | None:
+        return None
 
 
 class MlflowTracker:
@@ -79,6 +85,9 @@ class MlflowTracker:
 
         # One batch is one database transaction; a set_tag per tag costs one each.
         self.client.log_batch(self.run_id, tags=[RunTag(str(k), str(v)) for k, v in tags.items()])
+
+    def artifact_uri(self, artifact_path: str) -> str | None:
+        return f"runs:/{self.run_id}/{artifact_path}"
 
     def end(self, status: str = "FINISHED") -> None:
         """Close the run as FINISHED, FAILED or KILLED."""
