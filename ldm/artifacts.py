@@ -104,6 +104,9 @@ def local_checkpoint(reference: str, workdir: Path, tracking_uri: str | None = N
         from ldm.tracking.runs import TRACKING_URI_ENV, resolve_tracking_uri
 
         uri = resolve_tracking_uri(workdir, tracking_uri or os.environ.get(TRACKING_URI_ENV))
+        if reference.startswith("mlflow-artifacts:/") and not uri.startswith(("http://", "https://")):
+            raise UserError(f"checkpoint URI '{reference}' needs the http(s) URI of its `mlflow server` as "
+                            f"$MLFLOW_TRACKING_URI, not '{uri}'")
         _download(reference, uri, target)
     return target
 
