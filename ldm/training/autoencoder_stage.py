@@ -124,11 +124,16 @@ def train_autoencoder(cfg: ExperimentConfig, workdir: Path, tracker: Tracker = N
             if retrain or not is_finished(path):  # a process we waited for may have finished it
                 step = _train_and_measure(cfg, workdir, path, tracker, resume=not retrain)
                 # Under the lock, so a waiter finds the URI and does not upload a second copy.
-                record_uri(path, log_checkpoint(tracker, path, cfg.tracking.log_checkpoints))
+                _publish(cfg, tracker, path)
     if recorded_uri(path) is None:
-        record_uri(path, log_checkpoint(tracker, path, cfg.tracking.log_checkpoints))
+        _publish(cfg, tracker, path)
     _log_results(tracker, path, step)
     return path
+
+
+def _publish(cfg: ExperimentConfig, tracker: Tracker, path: Path) -> None:
+    """Upload a finished first stage per `tracking.log_checkpoints`; record its URI beside it, or drop a stale one."""
+    record_uri(path, log_checkpoint(tracker, path, cfg.tracking.log_checkpoints))
 
 
 def _train_and_measure(cfg: ExperimentConfig, workdir: Path, path: Path, tracker: Tracker, resume: bool) -> int:
