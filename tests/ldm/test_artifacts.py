@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +145,14 @@ def test_sample_and_eval_ae_take_a_uri_through_the_tracking_uri_env(store: dict[
     assert result.exit_code == 0, result.output
     assert "psnr" in rd.read_text()
     assert len(list(artifact_cache_dir(tmp_path).glob("*/*.pt"))) == 2
+
+
+def test_eval_takes_a_uri(store: dict[str, Any], tmp_path: Path) -> None:
+    out = tmp_path / "metrics.json"
+    result = cli(tmp_path, store["uri"], "eval", "--checkpoint", store["record"].diffusion, "--num-samples", "12",
+                 "--steps", "1", "--extractor", "domain", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert isinstance(json.loads(out.read_text())["fid_domain"], float)
 
 
 @pytest.mark.parametrize("command", ["sample", "eval", "eval-ae"])
