@@ -44,6 +44,12 @@ def log_checkpoint(tracker: Tracker, path: Path, mode: LogCheckpoints) -> str:
     return uri
 
 
+def log_periodic_checkpoint(tracker: Tracker, path: Path, mode: LogCheckpoints) -> None:
+    """Upload a periodic checkpoint under `all`, replacing the previous one, so a killed run can resume elsewhere."""
+    if mode == "all":
+        tracker.log_artifact(path, CHECKPOINTS_ARTIFACT_PATH)
+
+
 def recorded_uri(checkpoint: Path) -> str | None:
     """The artifact URI recorded beside a local checkpoint, None when it was never uploaded."""
     beside = checkpoint.with_name(checkpoint.name + URI_SUFFIX)
@@ -73,11 +79,14 @@ class CheckpointRecord(BaseModel):
     @classmethod
     def read(cls, path: Path) -> CheckpointRecord:
         """Parse a `checkpoints.txt`; a line that is not `first_stage: ...` or `diffusion: ...` is a UserError."""
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"checkpoint record '{path}' does not exist; `ldm train` writes it into the run folder")
         fields: dict[str, str] = {}
-        for number, line in enumerate(Path(path).read_text().splitlines(), 1):
-            key, colon, value = line.partition(":")
+        for number, line in enumerate(path.read_text().splitlines(), 1):
             if not line.strip():
                 continue
+            key, colon, value = line.partition(":")
             if not colon or key.strip() not in cls.model_fields or not value.strip():
                 raise UserError(f"'{path}' line {number} is '{line}'; allowed: 'first_stage: REF' and "
                                 "'diffusion: REF' lines")

@@ -24,7 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ldm.artifacts import CHECKPOINTS_ARTIFACT_PATH
+from ldm.artifacts import log_periodic_checkpoint
 from ldm.config import ExperimentConfig, StageTrainingConfig
 from ldm.errors import DataError
 from ldm.tracking import Tracker
@@ -218,8 +218,8 @@ def train_stage(stage: Stage, cfg: ExperimentConfig, device: torch.device, track
                                 data_order=sampler.state(step), config=cfg,
                                 extras={**stage.extras, "timing": dict(timing)})
                 # The finished checkpoint is the stage's to upload, once it is complete (scale factor and all).
-                if cfg.tracking.log_checkpoints == "all" and not last:
-                    tracker.log_artifact(stage.checkpoint, CHECKPOINTS_ARTIFACT_PATH)
+                if not last:
+                    log_periodic_checkpoint(tracker, stage.checkpoint, cfg.tracking.log_checkpoints)
             if step % settings.log_every == 0 or last:
                 metrics = {f"{prefix}/{k}": v for k, v in window.means().items()}
                 metrics[f"{prefix}/lr"] = lr_at(step, settings)

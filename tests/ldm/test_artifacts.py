@@ -192,6 +192,11 @@ def test_latest_checkpoint_of_an_unknown_run_is_a_user_error(store: dict[str, An
         latest_checkpoint("0123456789abcdef0123456789abcdef", store["uri"], "diffusion.pt", tmp_path)
 
 
+def test_a_missing_record_is_a_user_error(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="does not exist"):
+        CheckpointRecord.read(tmp_path / RECORD_NAME)
+
+
 @pytest.mark.parametrize("text, why", [
     ("first_stage: a.pt\n", "no 'diffusion:' line"),
     ("first_stage: a.pt\ndiffusion: b.pt\nextra: c\n", "line 3 is 'extra: c'"),
