@@ -4,7 +4,8 @@ A checkpoint *reference* is a local path, `runs:/<run id>/<artifact path>` or a 
 `mlflow-artifacts:/<path>`. Both stages upload to the artifact path `checkpoints/` (`autoencoder.pt`,
 `diffusion.pt`). A run folder's `checkpoints.txt` holds one `key: value` line per stage, `first_stage:` and
 `diffusion:`, each the artifact URI when it was uploaded, else the local path (`CheckpointRecord`). A first
-stage's artifact URI is kept beside it in `autoencoder.pt.uri`, so runs that reuse it can name it.
+stage's artifact URIs are kept beside it in `autoencoder.pt.uploads.json` (one per tracking store), so runs
+that reuse it can name it.
 
 MLflow is imported inside the functions that download: training without tracking never loads it.
 """
@@ -12,6 +13,7 @@ MLflow is imported inside the functions that download: training without tracking
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -28,7 +30,8 @@ from ldm.tracking import Tracker
 CHECKPOINTS_ARTIFACT_PATH = "checkpoints"
 URI_SCHEMES = ("runs:/", "mlflow-artifacts:/")
 RECORD_NAME = "checkpoints.txt"
-URI_SUFFIX = ".uri"
+# Beside a shared first stage: its URI per tracking store, since a `runs:/` URI means something in one store only.
+UPLOADS_SUFFIX = ".uploads.json"
 
 
 def is_artifact_uri(reference: str) -> bool:
@@ -50,19 +53,34 @@ def log_periodic_checkpoint(tracker: Tracker, path: Path, mode: LogCheckpoints) 
         tracker.log_artifact(path, CHECKPOINTS_ARTIFACT_PATH)
 
 
-def recorded_uri(checkpoint: Path) -> str | None:
-    """The artifact URI recorded beside a local checkpoint, None when it was never uploaded."""
-    beside = checkpoint.with_name(checkpoint.name + URI_SUFFIX)
-    return beside.read_text().strip() if beside.is_file() else None
+def uploads(checkpoint: Path) -> dict[str, str]:
+    """Where a local checkpoint was uploaded: tracking URI -> its artifact URI in that store."""
+    beside = _uploads_file(checkpoint)
+    return json.loads(beside.read_text()) if beside.is_file() else {}
 
 
-def record_uri(checkpoint: Path, reference: str) -> None:
-    """Keep `reference` beside `checkpoint` when it is an artifact URI; otherwise drop an older, stale one."""
-    beside = checkpoint.with_name(checkpoint.name + URI_SUFFIX)
+def upload_of(checkpoint: Path, tracker: Tracker) -> str | None:
+    """The checkpoint's artifact URI in the tracker's store; None when it was not uploaded there (or no run)."""
+    return uploads(checkpoint).get(tracker.tracking_uri) if tracker.tracking_uri else None
+
+
+def publish_checkpoint(tracker: Tracker, path: Path, mode: LogCheckpoints, *, replaces: bool) -> None:
+    """Upload a finished checkpoint per `mode` and note its URI beside it; `replaces` forgets earlier files' uploads."""
+    reference = log_checkpoint(tracker, path, mode)
+    known = {} if replaces else uploads(path)
     if is_artifact_uri(reference):
-        atomic_write_text(beside, reference + "\n")
+        known[str(tracker.tracking_uri)] = reference
+    elif not replaces:
+        return
+    beside = _uploads_file(path)
+    if known:
+        atomic_write_text(beside, json.dumps(known, indent=2))
     else:
         beside.unlink(missing_ok=True)
+
+
+def _uploads_file(checkpoint: Path) -> Path:
+    return checkpoint.with_name(checkpoint.name + UPLOADS_SUFFIX)
 
 
 class CheckpointRecord(BaseModel):

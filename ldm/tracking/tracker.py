@@ -10,6 +10,8 @@ from PIL import Image
 
 
 class Tracker(Protocol):
+    tracking_uri: str | None  # the store of its run; None without one
+
     def log_params(self, params: dict[str, Any]) -> None: ...
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
@@ -22,6 +24,8 @@ class Tracker(Protocol):
 
 class NullTracker:
     """Tracking switched off: every call does nothing."""
+
+    tracking_uri: str | None = None
 
     def log_params(self, params: dict[str, Any]) -> None:
         pass
@@ -49,6 +53,7 @@ class MlflowTracker:
         from mlflow.tracking import MlflowClient
 
         self.run_id = run_id
+        self.tracking_uri: str | None = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri)
 
     def log_params(self, params: dict[str, Any]) -> None:

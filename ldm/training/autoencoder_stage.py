@@ -10,7 +10,7 @@ from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ldm.artifacts import log_checkpoint, record_uri, recorded_uri
+from ldm.artifacts import publish_checkpoint, upload_of
 from ldm.config import ExperimentConfig
 from ldm.data.grid import make_grid_image, save_image_atomic
 from ldm.data.registry import build_dataset
@@ -115,7 +115,7 @@ def train_autoencoder(cfg: ExperimentConfig, workdir: Path, tracker: Tracker = N
     One process trains it, under a lock beside its folder; others that need it wait, then reuse it. An
     unfinished one (a killed run) continues exactly from its last checkpoint; `retrain` starts it afresh.
     The run that trains it uploads it (`tracking.log_checkpoints`) and records its URI beside it; a run that
-    reuses one that was never uploaded uploads it then.
+    reuses one not uploaded to its own tracking store uploads it there.
     """
     path = first_stage_checkpoint(cfg, workdir)
     step = cfg.training.autoencoder.steps
@@ -123,17 +123,12 @@ def train_autoencoder(cfg: ExperimentConfig, workdir: Path, tracker: Tracker = N
         with exclusive(lock_file(path.parent)):
             if retrain or not is_finished(path):  # a process we waited for may have finished it
                 step = _train_and_measure(cfg, workdir, path, tracker, resume=not retrain)
-                # Under the lock, so a waiter finds the URI and does not upload a second copy.
-                _publish(cfg, tracker, path)
-    if recorded_uri(path) is None:
-        _publish(cfg, tracker, path)
+                # Under the lock, so a waiter of the same store finds the URI and does not upload a second copy.
+                publish_checkpoint(tracker, path, cfg.tracking.log_checkpoints, replaces=True)
+    if upload_of(path, tracker) is None:
+        publish_checkpoint(tracker, path, cfg.tracking.log_checkpoints, replaces=False)
     _log_results(tracker, path, step)
     return path
-
-
-def _publish(cfg: ExperimentConfig, tracker: Tracker, path: Path) -> None:
-    """Upload a finished first stage per `tracking.log_checkpoints`; record its URI beside it, or drop a stale one."""
-    record_uri(path, log_checkpoint(tracker, path, cfg.tracking.log_checkpoints))
 
 
 def _train_and_measure(cfg: ExperimentConfig, workdir: Path, path: Path, tracker: Tracker, resume: bool) -> int:

@@ -11,7 +11,7 @@ from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from ldm.artifacts import RECORD_NAME, CheckpointRecord, log_checkpoint, recorded_uri
+from ldm.artifacts import RECORD_NAME, CheckpointRecord, log_checkpoint, upload_of
 from ldm.config import ExperimentConfig
 from ldm.data.grid import make_grid_image, save_image_atomic
 from ldm.data.registry import build_dataset
@@ -120,7 +120,7 @@ def train_diffusion(cfg: ExperimentConfig, workdir: Path, tracker: Tracker = Nul
     denoiser.eval()
     val_batch = next(iter(DataLoader(val, batch_size=SAMPLE_GRID_IMAGES)))
     save_image_atomic(sample_grid(pipeline, val_batch, SAMPLE_GRID_IMAGES, cfg.training.seed), folder / "samples.png")
-    record = CheckpointRecord(first_stage=recorded_uri(first_stage_ckpt) or str(first_stage_ckpt),
+    record = CheckpointRecord(first_stage=upload_of(first_stage_ckpt, tracker) or str(first_stage_ckpt),
                               diffusion=log_checkpoint(tracker, stage.checkpoint, cfg.tracking.log_checkpoints))
     atomic_write_text(folder / RECORD_NAME, record.to_text())
     tracker.log_metrics({"train_images_per_s": trained.images_per_s, "train_hours": trained.train_seconds / 3600},

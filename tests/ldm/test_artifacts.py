@@ -11,7 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from ldm.artifacts import RECORD_NAME, CheckpointRecord, latest_checkpoint, local_checkpoint, recorded_uri
+from ldm.artifacts import RECORD_NAME, CheckpointRecord, latest_checkpoint, local_checkpoint, uploads
 from ldm.config import ExperimentConfig, load_config, parse_overrides
 from ldm.errors import UserError
 from ldm.paths import CACHE_ENV, WORKDIR_ENV, artifact_cache_dir
@@ -71,7 +71,8 @@ def test_final_logs_both_stages_and_the_record_names_them_by_uri(store: dict[str
         "checkpoints/autoencoder.pt", "checkpoints/diffusion.pt"}
     assert store["record"] == CheckpointRecord(first_stage=f"runs:/{run_id}/checkpoints/autoencoder.pt",
                                                diffusion=f"runs:/{run_id}/checkpoints/diffusion.pt")
-    assert recorded_uri(first_stage_checkpoint(store["cfg"], store["workdir"])) == store["record"].first_stage
+    first_stage = first_stage_checkpoint(store["cfg"], store["workdir"])
+    assert uploads(first_stage)[store["uri"]] == store["record"].first_stage
     logged = Path(client.download_artifacts(run_id, RECORD_NAME, str(store["workdir"] / "logged")))
     assert CheckpointRecord.read(logged) == store["record"]
 
@@ -86,6 +87,17 @@ def test_a_run_reusing_the_first_stage_names_the_uri_of_the_run_that_trained_it(
     assert [a.path for a in listed] == ["checkpoints/diffusion.pt"]  # the shared first stage is not uploaded again
 
 
+def test_a_run_in_another_store_uploads_the_shared_first_stage_there(store: dict[str, Any], tmp_path: Path) -> None:
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    cfg = micro("final", "diffusion.conditioning=concat", f"tracking.tracking_uri={other}")
+    run_id = train_tracked(cfg, store["workdir"])
+    uri = f"runs:/{run_id}/checkpoints/autoencoder.pt"
+    assert CheckpointRecord.read(run_dir(cfg, store["workdir"]) / RECORD_NAME).first_stage == uri
+    first_stage = first_stage_checkpoint(cfg, store["workdir"])
+    assert uploads(first_stage) == {store["uri"]: store["record"].first_stage, other: uri}
+    assert local_checkpoint(uri, tmp_path, other).read_bytes() == first_stage.read_bytes()
+
+
 def test_none_logs_no_checkpoint_and_records_local_paths(tmp_path: Path) -> None:
     cfg = micro("none")
     run_id = train_tracked(cfg, tmp_path)
@@ -93,7 +105,7 @@ def test_none_logs_no_checkpoint_and_records_local_paths(tmp_path: Path) -> None
     first_stage = first_stage_checkpoint(cfg, tmp_path)
     assert CheckpointRecord.read(run_dir(cfg, tmp_path) / RECORD_NAME) == CheckpointRecord(
         first_stage=str(first_stage), diffusion=str(run_dir(cfg, tmp_path) / "diffusion.pt"))
-    assert recorded_uri(first_stage) is None
+    assert uploads(first_stage) == {}
 
 
 def test_untracked_training_records_local_paths(tmp_path: Path) -> None:
