@@ -35,6 +35,7 @@ UPLOADS_SUFFIX = ".uploads.json"
 
 
 def is_artifact_uri(reference: str) -> bool:
+    """Whether `reference` names an artifact of a tracking store rather than a local file."""
     return reference.startswith(URI_SCHEMES)
 
 
