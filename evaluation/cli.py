@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from ldm.commands.options import URI_HELP
 from ldm.errors import UserError
 
 EXTRACTORS = ("inception", "domain")
@@ -28,7 +29,7 @@ def _scales(text: str) -> list[float]:
 
 
 def eval_command(
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="A diffusion.pt from `ldm train`."),
+    checkpoint: str = typer.Option(..., "--checkpoint", help=f"A diffusion.pt from `ldm train`; {URI_HELP}"),
     num_samples: Optional[int] = typer.Option(None, "--num-samples", "-n", help="Generated images (default: config)."),
     extractor: Optional[str] = typer.Option(None, "--extractor", help="Comma-separated: inception,domain."),
     steps: Optional[int] = typer.Option(None, "--steps", help="DDIM steps (default: config)."),
@@ -46,12 +47,11 @@ def eval_command(
     """
     from evaluation.experiment import evaluate_experiment
     from evaluation.report_card import format_metrics_table
+    from ldm.artifacts import local_checkpoint
     from ldm.config import Override
     from ldm.paths import resolve_workdir
     from ldm.tracking.runs import active_run_tracker
 
-    if not checkpoint.is_file():
-        raise UserError(f"checkpoint '{checkpoint}' does not exist; give a diffusion.pt written by `ldm train`")
     overrides = [Override(path, value) for path, value in {
         "evaluation.num_samples": num_samples, "evaluation.seed": seed, "diffusion.sampling.steps": steps,
         "diffusion.sampling.eta": eta, "diffusion.sampling.guidance_scale": guidance,
@@ -60,7 +60,10 @@ def eval_command(
         "evaluation.inception_weights": inception_weights,
     }.items() if value is not None]
     workdir = resolve_workdir()
-    path = out or checkpoint.parent / "metrics.json"
-    report = evaluate_experiment(None, checkpoint, workdir, active_run_tracker(workdir), overrides=overrides, out=path)
+    local = local_checkpoint(checkpoint, workdir)
+    if not local.is_file():
+        raise UserError(f"checkpoint '{checkpoint}' does not exist; give a diffusion.pt written by `ldm train`")
+    path = out or local.parent / "metrics.json"
+    report = evaluate_experiment(None, local, workdir, active_run_tracker(workdir), overrides=overrides, out=path)
     typer.echo(format_metrics_table(report))
     typer.echo(f"wrote {path}")

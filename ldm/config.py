@@ -24,6 +24,7 @@ ScheduleName = Literal["linear", "scaled_linear", "cosine", "sigmoid"]
 PredictionType = Literal["epsilon", "v_prediction", "sample"]
 Regularizer = Literal["kl", "vq"]
 ExtractorName = Literal["inception", "domain"]
+LogCheckpoints = Literal["none", "final", "all"]
 
 
 class Section(BaseModel):
@@ -202,6 +203,9 @@ class TrackingConfig(Section):
     enabled: bool = True
     tracking_uri: str | None = Field(None, description="default: sqlite under <workdir>/mlflow")
     experiment: str = "ldm"
+    log_checkpoints: LogCheckpoints = Field(
+        "final", description="checkpoints to upload to the run's artifacts/checkpoints/: none, final (each stage's "
+        "finished one) or all (also each periodic one, replacing the last, so another machine can resume)")
 
 
 class ExperimentConfig(Section):

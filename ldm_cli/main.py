@@ -15,7 +15,7 @@ from ldm.commands import config as config_cmd
 from ldm.commands import data as data_cmd
 from ldm.commands import train as train_cmd
 from ldm.errors import UserError
-from ldm.paths import WORKDIR_ENV
+from ldm.paths import CACHE_ENV, WORKDIR_ENV
 from reports import cli as reports_cli
 from ldm_cli.usage_errors import one_line
 from sweeps import cli as sweep_cli
@@ -65,9 +65,15 @@ def _root(
     workdir: Optional[Path] = typer.Option(
         None, "--workdir", envvar=WORKDIR_ENV, help="Output folder for everything generated (default ./outputs)."
     ),
+    cache: Optional[Path] = typer.Option(
+        None, "--cache", envvar=CACHE_ENV, help="Folder for first stages, derived data and downloaded checkpoints, "
+        "shareable by several work folders and machines (default: the work folder)."
+    ),
 ) -> None:
     if workdir is not None:
         os.environ[WORKDIR_ENV] = str(workdir)
+    if cache is not None:
+        os.environ[CACHE_ENV] = str(cache)
 
 
 app.add_typer(config_cmd.app, name="config")

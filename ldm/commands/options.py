@@ -15,6 +15,10 @@ OverrideOption = typer.Option(
     [], "--override", "-o", help="Dotted override, repeatable: -o autoencoder.f=8 -o diffusion.schedule=cosine"
 )
 
+# How every --checkpoint option states that it takes artifact URIs too (`ldm.artifacts.local_checkpoint`).
+URI_HELP = ("or a runs:/<run id>/<path> or mlflow-artifacts:/ URI, downloaded once into the cache (tracking URI: "
+            "$MLFLOW_TRACKING_URI, else the work folder's store).")
+
 
 def resolve_config(config: Optional[Path], preset: Optional[str], overrides: list[str]) -> ExperimentConfig:
     return load_config(config, preset, parse_overrides(overrides))

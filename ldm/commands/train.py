@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Literal, Optional
 import typer
 from pydantic import ValidationError
 
-from ldm.commands.options import ConfigOption, OverrideOption, PresetOption, resolve_config
+from ldm.artifacts import local_checkpoint
+from ldm.commands.options import URI_HELP, ConfigOption, OverrideOption, PresetOption, resolve_config
 from ldm.config import ExperimentConfig, SamplingConfig, format_validation_error
 from ldm.errors import ConfigError, UserError
 from ldm.paths import resolve_workdir
@@ -66,7 +67,7 @@ def train(
 
 
 def sample(
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="A diffusion.pt from `ldm train`."),
+    checkpoint: str = typer.Option(..., "--checkpoint", help=f"A diffusion.pt from `ldm train`; {URI_HELP}"),
     n: int = typer.Option(64, "--n", min=1, help="Number of images."),
     steps: int = typer.Option(50, "--steps", min=1, help="Sampler steps (DDIM; DDPM always runs all)."),
     eta: float = typer.Option(0.0, "--eta", min=0.0, help="DDIM noise: 0 deterministic, 1 DDPM-like."),
@@ -96,7 +97,8 @@ def sample(
 
     if label is not None and prompt is not None:
         raise UserError("give either --label or --prompt, not both")
-    pipeline = LatentDiffusionPipeline.from_checkpoint(checkpoint, device=resolve_device("auto"))
+    pipeline = LatentDiffusionPipeline.from_checkpoint(local_checkpoint(checkpoint, resolve_workdir()),
+                                                       device=resolve_device("auto"))
     try:
         sampling = SamplingConfig.model_validate({**pipeline.config.diffusion.sampling.model_dump(), "steps": steps,
                                                   "eta": eta, "sampler": sampler, "guidance_scale": guidance})
@@ -122,10 +124,11 @@ def sample(
 
 
 def eval_ae(
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="autoencoder.pt, or a diffusion.pt (its first stage)."),
+    checkpoint: str = typer.Option(
+        ..., "--checkpoint", help=f"autoencoder.pt, or a diffusion.pt (its first stage); {URI_HELP}"),
     split: Literal["train", "val", "test"] = typer.Option("test", "--split"),
     out: Optional[Path] = typer.Option(
-        None, "--out", help="JSON file (default rate_distortion_<split>.json beside the checkpoint)."),
+        None, "--out", help="JSON file (default rate_distortion_<split>.json beside the checkpoint or its download)."),
 ) -> None:
     """Rate-distortion metrics (PSNR, SSIM, MSE, bpp, latent ratio, codebook use) of a first stage on a split."""
     from ldm.data.registry import build_dataset
@@ -133,12 +136,14 @@ def eval_ae(
     from ldm.training.autoencoder_stage import load_first_stage, rate_distortion
     from ldm.training.device import resolve_device
 
-    first_stage, _, cfg = load_first_stage(checkpoint)
+    workdir = resolve_workdir()
+    path = local_checkpoint(checkpoint, workdir)
+    first_stage, _, cfg = load_first_stage(path)
     first_stage.to(resolve_device("auto"))
-    metrics = rate_distortion(first_stage, build_dataset(cfg.data, split, resolve_workdir()), cfg)
+    metrics = rate_distortion(first_stage, build_dataset(cfg.data, split, workdir), cfg)
     for name, value in metrics.items():
         typer.echo(f"{name}: {value:.6g}")
-    out = out or checkpoint.with_name(f"rate_distortion_{split}.json")
+    out = out or path.with_name(f"rate_distortion_{split}.json")
     atomic_write_text(out, json.dumps(metrics, indent=2))
     typer.echo(f"written: {out}")
 

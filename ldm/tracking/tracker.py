@@ -10,15 +10,22 @@ from PIL import Image
 
 
 class Tracker(Protocol):
+    tracking_uri: str | None  # the store of its run; None without one
+
     def log_params(self, params: dict[str, Any]) -> None: ...
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
     def log_image(self, image: Image.Image, key: str, step: int | None = None) -> None: ...
     def set_tags(self, tags: dict[str, str]) -> None: ...
+    def artifact_uri(self, artifact_path: str) -> str | None:
+        """`runs:/<run id>/<artifact_path>`, a name other machines can download; None without a run."""
+        ...
 
 
 class NullTracker:
     """Tracking switched off: every call does nothing."""
+
+    tracking_uri: str | None = None
 
     def log_params(self, params: dict[str, Any]) -> None:
         pass
@@ -35,6 +42,9 @@ class NullTracker:
     def set_tags(self, tags: dict[str, str]) -> None:
         pass
 
+    def artifact_uri(self, artifact_path: str) -> str | None:
+        return None
+
 
 class MlflowTracker:
     """Logs into one existing MLflow run by id (no global active-run state, safe in worker processes)."""
@@ -43,6 +53,7 @@ class MlflowTracker:
         from mlflow.tracking import MlflowClient
 
         self.run_id = run_id
+        self.tracking_uri: str | None = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri)
 
     def log_params(self, params: dict[str, Any]) -> None:
@@ -79,6 +90,9 @@ class MlflowTracker:
 
         # One batch is one database transaction; a set_tag per tag costs one each.
         self.client.log_batch(self.run_id, tags=[RunTag(str(k), str(v)) for k, v in tags.items()])
+
+    def artifact_uri(self, artifact_path: str) -> str | None:
+        return f"runs:/{self.run_id}/{artifact_path}"
 
     def end(self, status: str = "FINISHED") -> None:
         """Close the run as FINISHED, FAILED or KILLED."""

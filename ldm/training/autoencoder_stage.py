@@ -10,6 +10,7 @@ from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from ldm.artifacts import publish_checkpoint, upload_of
 from ldm.config import ExperimentConfig
 from ldm.data.grid import make_grid_image, save_image_atomic
 from ldm.data.registry import build_dataset
@@ -113,6 +114,8 @@ def train_autoencoder(cfg: ExperimentConfig, workdir: Path, tracker: Tracker = N
 
     One process trains it, under a lock beside its folder; others that need it wait, then reuse it. An
     unfinished one (a killed run) continues exactly from its last checkpoint; `retrain` starts it afresh.
+    The run that trains it uploads it (`tracking.log_checkpoints`) and records its URI beside it; a run that
+    reuses one not uploaded to its own tracking store uploads it there.
     """
     path = first_stage_checkpoint(cfg, workdir)
     step = cfg.training.autoencoder.steps
@@ -120,6 +123,10 @@ def train_autoencoder(cfg: ExperimentConfig, workdir: Path, tracker: Tracker = N
         with exclusive(lock_file(path.parent)):
             if retrain or not is_finished(path):  # a process we waited for may have finished it
                 step = _train_and_measure(cfg, workdir, path, tracker, resume=not retrain)
+                # Under the lock, so a waiter of the same store finds the URI and does not upload a second copy.
+                publish_checkpoint(tracker, path, cfg.tracking.log_checkpoints, replaces=True)
+    if upload_of(path, tracker) is None:
+        publish_checkpoint(tracker, path, cfg.tracking.log_checkpoints, replaces=False)
     _log_results(tracker, path, step)
     return path
 

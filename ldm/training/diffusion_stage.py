@@ -11,6 +11,7 @@ from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from ldm.artifacts import RECORD_NAME, CheckpointRecord, log_checkpoint, upload_of
 from ldm.config import ExperimentConfig
 from ldm.data.grid import make_grid_image, save_image_atomic
 from ldm.data.registry import build_dataset
@@ -80,7 +81,8 @@ def train_diffusion(cfg: ExperimentConfig, workdir: Path, tracker: Tracker = Nul
     """Train the diffusion stage of `cfg` (the first stage first, unless one is given or already trained).
 
     Writes `diffusion.pt`, `config.yaml`, `samples.png` (EMA weights) and `checkpoints.txt` (both stages'
-    paths) to the run folder and logs the last three; returns the checkpoint. With `intermediate` and
+    references, `ldm.artifacts.CheckpointRecord`) to the run folder and logs the last three, and the
+    checkpoint per `tracking.log_checkpoints`; returns the checkpoint. With `intermediate` and
     `evaluation.fid_every`, `intermediate(pipeline)` is measured on the EMA weights every `fid_every` steps.
     """
     if first_stage_ckpt is None:
@@ -118,10 +120,12 @@ def train_diffusion(cfg: ExperimentConfig, workdir: Path, tracker: Tracker = Nul
     denoiser.eval()
     val_batch = next(iter(DataLoader(val, batch_size=SAMPLE_GRID_IMAGES)))
     save_image_atomic(sample_grid(pipeline, val_batch, SAMPLE_GRID_IMAGES, cfg.training.seed), folder / "samples.png")
-    atomic_write_text(folder / "checkpoints.txt", f"first_stage: {first_stage_ckpt}\ndiffusion: {stage.checkpoint}\n")
+    record = CheckpointRecord(first_stage=upload_of(first_stage_ckpt, tracker) or str(first_stage_ckpt),
+                              diffusion=log_checkpoint(tracker, stage.checkpoint, cfg.tracking.log_checkpoints))
+    atomic_write_text(folder / RECORD_NAME, record.to_text())
     tracker.log_metrics({"train_images_per_s": trained.images_per_s, "train_hours": trained.train_seconds / 3600},
                         step=cfg.training.diffusion.steps)
-    for artifact in ("config.yaml", "samples.png", "checkpoints.txt"):
+    for artifact in ("config.yaml", "samples.png", RECORD_NAME):
         tracker.log_artifact(folder / artifact)
     return stage.checkpoint
 

@@ -24,6 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ldm.artifacts import log_periodic_checkpoint
 from ldm.config import ExperimentConfig, StageTrainingConfig
 from ldm.errors import DataError
 from ldm.tracking import Tracker
@@ -216,6 +217,9 @@ def train_stage(stage: Stage, cfg: ExperimentConfig, device: torch.device, track
                 save_checkpoint(stage.checkpoint, step=step, model=stage.model, optimizers=optimizers, ema=ema,
                                 data_order=sampler.state(step), config=cfg,
                                 extras={**stage.extras, "timing": dict(timing)})
+                # The finished checkpoint is the stage's to upload, once it is complete (scale factor and all).
+                if not last:
+                    log_periodic_checkpoint(tracker, stage.checkpoint, cfg.tracking.log_checkpoints)
             if step % settings.log_every == 0 or last:
                 metrics = {f"{prefix}/{k}": v for k, v in window.means().items()}
                 metrics[f"{prefix}/lr"] = lr_at(step, settings)

@@ -43,7 +43,7 @@ def test_overrides_parse_yaml_values() -> None:
 def test_hash_ignores_paths_tracking_and_name_but_not_semantics() -> None:
     base = load_config()
     same = load_config(overrides=parse_overrides(["data.root=/elsewhere", "tracking.enabled=false", "name=other",
-                                  "training.num_workers=4", "data.download=true"]))
+                                  "tracking.log_checkpoints=all", "training.num_workers=4", "data.download=true"]))
     assert same.config_hash() == base.config_hash()
     different = load_config(overrides=parse_overrides(["diffusion.schedule=cosine"]))
     assert different.config_hash() != base.config_hash()

@@ -16,6 +16,7 @@ from process_waits import wait_for
 
 from ldm.config import load_config, parse_overrides
 from ldm.locks import GRACE_S, exclusive, lock_file
+from ldm.paths import CACHE_ENV
 from ldm.training.autoencoder_stage import first_stage_checkpoint, is_finished, train_autoencoder
 
 TESTS = Path(__file__).resolve().parents[1]
@@ -33,18 +34,27 @@ with exclusive(Path(sys.argv[1])):
 
 
 
-def test_processes_needing_one_first_stage_train_it_once_and_share_it(tmp_path: Path) -> None:
-    workdir, count = tmp_path / "work", 3
+@pytest.mark.parametrize("shared", ["workdir", "cache"])
+def test_processes_needing_one_first_stage_train_it_once_and_share_it(tmp_path: Path, shared: str,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # Either one work folder, or a work folder each (as on several machines) and one $LDM_CACHE.
+    count = 3
+    workdirs = [tmp_path / ("work" if shared == "workdir" else f"work-{i}") for i in range(count)]
+    if shared == "cache":
+        monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     env = {**os.environ, "SWEEP_FAKE_MEET": f"{tmp_path / 'meet'}:{count}",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(SWEEP_FAKES_DIR), os.environ.get("PYTHONPATH")]))}
     results = [tmp_path / f"result-{i}.json" for i in range(count)]
     processes = [subprocess.Popen([sys.executable, str(NEED_FIRST_STAGE), str(workdir), str(result), *OVERRIDES],
-                                  env=env) for result in results]
+                                  env=env) for workdir, result in zip(workdirs, results, strict=True)]
     assert [p.wait(timeout=600) for p in processes] == [0] * count
     outcomes = [json.loads(r.read_text()) for r in results]
 
     cfg = load_config(preset="micro", overrides=parse_overrides(OVERRIDES))
-    path = first_stage_checkpoint(cfg, workdir)
+    path = first_stage_checkpoint(cfg, workdirs[0])
+    if shared == "cache":
+        assert path.is_relative_to(tmp_path / "cache")
+        assert not any((workdir / "first_stages").exists() for workdir in workdirs)
     assert sorted(o["trained"] for o in outcomes) == [False] * (count - 1) + [True]
     assert {o["checkpoint"] for o in outcomes} == {str(path)} and is_finished(path)
     assert not lock_file(path.parent).exists()

@@ -14,7 +14,7 @@ from PIL import Image
 from typer.testing import CliRunner, Result
 
 from ldm.data.grid import make_grid_image
-from ldm.paths import WORKDIR_ENV
+from ldm.paths import CACHE_ENV, WORKDIR_ENV
 from ldm.training.pipeline import LatentDiffusionPipeline
 from ldm_cli.main import app
 
@@ -51,6 +51,23 @@ def test_train_writes_both_stages_under_the_workdir(trained: tuple[Path, Path, P
     assert first_stage.is_file() and first_stage.is_relative_to(workdir / "first_stages")
     assert diffusion.is_file() and diffusion.is_relative_to(workdir / "runs")
     assert not (workdir / "mlflow").exists()  # --no-track
+
+
+def test_work_folders_sharing_a_cache_train_one_first_stage(tmp_path: Path) -> None:
+    cache, args = tmp_path / "cache", ["train", "--no-track", "--stage", "autoencoder", *overrides()]
+    # --cache on the command line, then $LDM_CACHE; CliRunner restores the variable the root callback sets.
+    first = CliRunner().invoke(app, ["--workdir", str(tmp_path / "a"), "--cache", str(cache), *args],
+                               env={WORKDIR_ENV: str(tmp_path / "a"), CACHE_ENV: None})
+    assert first.exit_code == 0, first.output
+    [path] = re.findall(r"first-stage checkpoint: (\S+)", first.output)
+    assert Path(path).is_relative_to(cache / "first_stages")
+    written = Path(path).stat().st_mtime_ns
+    second = CliRunner().invoke(app, ["--workdir", str(tmp_path / "b"), *args],
+                                env={WORKDIR_ENV: str(tmp_path / "b"), CACHE_ENV: str(cache)})
+    assert second.exit_code == 0, second.output
+    assert re.findall(r"first-stage checkpoint: (\S+)", second.output) == [path]
+    assert Path(path).stat().st_mtime_ns == written  # reused, not trained again
+    assert not (tmp_path / "a" / "first_stages").exists() and not (tmp_path / "b" / "first_stages").exists()
 
 
 def test_train_diffusion_stage_with_a_given_first_stage(trained: tuple[Path, Path, Path], tmp_path: Path) -> None:
