@@ -20,11 +20,12 @@ from reports import cli as reports_cli
 from ldm_cli.usage_errors import one_line
 from sweeps import cli as sweep_cli
 
-# MLflow's INFO lines (creating store tables, job executors) and its "View run ... at" line after every run
-# on a tracking server would interleave with the suite's own output; MLflow reads these when it is first
+# MLflow's INFO lines (creating store tables, job executors), its "View run ... at" line after every run on a
+# tracking server and its download progress bars would interleave with the suite's own output; MLflow reads these when it is first
 # imported, which every command does lazily, after these lines.
 os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 # click's status for a usage error, kept so scripts can tell a bad command line from a failed run.
 USAGE_EXIT = 2

@@ -57,7 +57,9 @@ def run(
     for t in summary.best_trials:
         values = "  ".join(f"{name}={v:.4g}" for name, v in zip(summary.objectives, t.values))
         typer.echo(f"{label}: trial {t.number}  {values}")
-    typer.echo(f"MLflow UI: {shlex.join(mlflow_ui_command(summary.tracking_uri, workdir))}")
+    served = summary.tracking_uri.startswith(("http://", "https://"))  # a tracking server is its own UI
+    ui = summary.tracking_uri if served else shlex.join(mlflow_ui_command(summary.tracking_uri, workdir))
+    typer.echo(f"MLflow UI: {ui}")
     if summary.interrupted:
         typer.echo("interrupted: run the same command again to resume", err=True)
     elif summary.stopped_early:

@@ -163,7 +163,7 @@ def run_trial_in_study(job: WorkerJob, study: optuna.Study, liveness: Liveness, 
     started = time.monotonic()
     spec = job.spec
     heartbeat = liveness.beating(study._storage, trial._trial_id)  # noqa: SLF001 - what Optuna's own heartbeat uses
-    with heartbeat, _stop_request_watch(study, spec.heartbeat_s):
+    with heartbeat, _trial_watch(job, study, liveness, log):
         point = suggest_point(study, spec, trial)
         tracker = runs.start_trial_run(job.tracking, spec.name, trial.number, point)
         trial.set_user_attr(RUN_ID_ATTR, tracker.run_id)
@@ -179,18 +179,23 @@ def run_trial_in_study(job: WorkerJob, study: optuna.Study, liveness: Liveness, 
 
 
 @contextlib.contextmanager
-def _stop_request_watch(study: optuna.Study, every_s: float) -> Iterator[None]:
-    """While a trial runs, turn `ldm sweep stop` into a SIGTERM to this process: the trial is then marked
-    interrupted and queued again, exactly as after Ctrl-C."""
+def _trial_watch(job: WorkerJob, study: optuna.Study, liveness: Liveness, log: Log) -> Iterator[None]:
+    """While this worker's trial runs, every heartbeat: take over the trials of dead workers (so that a death is
+    handled within heartbeat + grace even when every worker is busy), and turn `ldm sweep stop` into a SIGTERM
+    to this process (the trial is then marked interrupted and queued again, as after Ctrl-C)."""
     done = threading.Event()
 
     def watch() -> None:
-        while not done.wait(every_s):
+        while not done.wait(job.spec.heartbeat_s):
+            try:
+                _recover(job, study, liveness, log)
+            except Exception as e:  # a storage or server hiccup: the next heartbeat tries again
+                log(f"taking over dead workers' trials failed for now: {type(e).__name__}: {e}")
             if stop_requested(study):
                 os.kill(os.getpid(), signal.SIGTERM)
                 return
 
-    watcher = threading.Thread(target=watch, name="stop-request watch", daemon=True)
+    watcher = threading.Thread(target=watch, name="trial watch", daemon=True)
     watcher.start()
     try:
         yield

@@ -25,6 +25,7 @@ from ldm.data.catalog import dataset_provides
 from ldm.data.registry import build_dataset
 from ldm.errors import UserError
 from ldm.io import atomic_torch_save, load_checkpoint
+from ldm.locks import exclusive, lock_file
 from ldm.paths import cache_dir
 
 FIDELITY_NAME = "ldm-domain"
@@ -111,8 +112,15 @@ def train_classifier(data: DataConfig, workdir: Path, recipe: DomainRecipe = DEF
     """Train on the full train split and cache the weights with their test accuracy; a cached one is reused."""
     require_labels(data)
     path = classifier_path(data, workdir, recipe)
-    if path.is_file():
-        return path
+    if not path.is_file():
+        # One process trains it, also across machines that share the cache; the others wait, then reuse it.
+        with exclusive(lock_file(path)):
+            if not path.is_file():
+                _train_into(path, data, workdir, recipe)
+    return path
+
+
+def _train_into(path: Path, data: DataConfig, workdir: Path, recipe: DomainRecipe) -> None:
     full = data.model_copy(update={"max_train_items": None})
     train, test = build_dataset(full, "train", workdir), build_dataset(full, "test", workdir)
     # A seeded initialisation that leaves the caller's random state as it was.
@@ -133,7 +141,6 @@ def train_classifier(data: DataConfig, workdir: Path, recipe: DomainRecipe = DEF
         "test_accuracy": accuracy_on(model, test), "dataset": data.name,
     }
     atomic_torch_save(checkpoint, path)
-    return path
 
 
 def _fit(model: DomainClassifier, loader: DataLoader, optimizer: torch.optim.Optimizer,
