@@ -244,20 +244,20 @@ def _duplicate_of(trial: FrozenTrial, trials: list[FrozenTrial]) -> FrozenTrial 
     return None
 
 
+def _taken(trials: list[FrozenTrial], below: int | None = None) -> int:
+    """Trials that use up the budget (finished for good, or running; never a duplicate), of those numbered
+    below `below` when given."""
+    return sum((below is None or t.number < below) and DUPLICATE_ATTR not in t.user_attrs
+               and (counts_toward_budget(t) or t.state == TrialState.RUNNING) for t in trials)
+
+
 def _over_budget(trial: FrozenTrial, trials: list[FrozenTrial], budget: int | None) -> bool:
     """A fresh trial beyond the budget: that many earlier trials are already taken."""
-    if budget is None or trial_point(trial) is not None:
-        return False
-    taken = sum(t.number < trial.number and (counts_toward_budget(t) or t.state == TrialState.RUNNING)
-                and DUPLICATE_ATTR not in t.user_attrs for t in trials)
-    return taken >= budget
+    return budget is not None and trial_point(trial) is None and _taken(trials, below=trial.number) >= budget
 
 
 def _budget_left(study: optuna.Study, budget: int | None) -> bool:
-    trials = study.get_trials(deepcopy=False)
-    taken = sum(counts_toward_budget(t) or (t.state == TrialState.RUNNING and DUPLICATE_ATTR not in t.user_attrs)
-                for t in trials)
-    return budget is None or taken < budget
+    return budget is None or _taken(study.get_trials(deepcopy=False)) < budget
 
 
 def claim_trial(study: optuna.Study, spec: SweepSpec, budget: int | None, owner: dict[str, str]
