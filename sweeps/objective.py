@@ -12,6 +12,7 @@ from ldm.tracking import Tracker
 Reporter = Callable[[str, float, int], None]
 # (config, workdir, tracker, report, resume): `resume` continues the diffusion stage from the checkpoint that
 # the worker placed in the run folder (a retried trial's dead attempt left it).
+VAL_LOSS = "val_loss"  # the diffusion stage's validation loss: an intermediate result, and the last one an objective
 TrialFn = Callable[[ExperimentConfig, Path, Tracker, Reporter, bool], dict[str, float]]
 
 
@@ -25,6 +26,13 @@ def run_trial(cfg: ExperimentConfig, workdir: Path, tracker: Tracker, report: Re
 
     intermediate = intermediate_fid(cfg, workdir)  # first: it refuses more samples than the reference split holds
     first_stage = train_autoencoder(cfg, workdir, tracker)
-    diffusion = train_diffusion(cfg, workdir, tracker, first_stage, resume=resume, on_eval=report,
+    final: dict[str, float] = {}
+
+    def on_eval(metric: str, value: float, step: int) -> None:
+        if metric == VAL_LOSS:
+            final[metric] = value  # the last one is the trained model's, as MLflow's `val_loss` shows it
+        report(metric, value, step)
+
+    diffusion = train_diffusion(cfg, workdir, tracker, first_stage, resume=resume, on_eval=on_eval,
                                 intermediate=intermediate)
-    return evaluate_experiment(cfg, diffusion, workdir, tracker)
+    return {**evaluate_experiment(cfg, diffusion, workdir, tracker), **final}

@@ -58,6 +58,20 @@ def test_run_trial_trains_both_stages_shares_the_first_stage_and_reports_val_los
         assert client.get_metric_history(trial.user_attrs["mlflow_run_id"], "diffusion/loss")
 
 
+def test_val_loss_is_an_objective_a_trial_returns_its_last_logged_value(tmp_path_factory, tmp_path, monkeypatch):
+    monkeypatch.setattr(evaluation.experiment, "evaluate_experiment", lambda *args: {"fid_domain": 1.0})
+    workdir = workdir_with_tracking_store(tmp_path_factory.getbasetemp() / "mlflow-template", tmp_path / "work")
+    spec = parse_spec({"name": "by-loss", "base": {"preset": "tiny", "overrides": FAST}, "sampler": "grid",
+                       "objectives": [{"metric": "val_loss"}],
+                       "space": {"diffusion.prediction": {"type": "categorical", "choices": ["epsilon"]}}})
+    assert run_sweep(spec, workdir, trial_fn=run_trial, log=print).states == {"COMPLETE": 1}
+    [trial] = optuna.load_study(study_name="by-loss", storage=open_storage(storage_location("by-loss", workdir,
+                                                                                             None))).trials
+    history = MlflowClient(tracking_uri=default_tracking_uri(workdir)).get_metric_history(
+        trial.user_attrs["mlflow_run_id"], "val_loss")
+    assert trial.values == [max(history, key=lambda m: m.step).value]
+
+
 def test_run_trial_refuses_more_intermediate_fid_samples_than_the_reference_holds_before_training(tmp_path,
                                                                                                 monkeypatch):
     def train_autoencoder(*args, **kwargs):
