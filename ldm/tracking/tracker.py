@@ -82,8 +82,8 @@ class MlflowTracker:
             self.client.log_artifact(self.run_id, str(path), artifact_path)
 
     def log_image(self, image: Image.Image, key: str, step: int | None = None) -> None:
-        name = f"{key}_step{step:07d}.png" if step is not None else f"{key}.png"
-        self.client.log_image(self.run_id, image, artifact_file=f"images/{name}")
+        # MLflow's keyed images (key, step): the UI's image panel steps through them and compares runs.
+        self.client.log_image(self.run_id, image, key=key, step=step or 0)
 
     def set_tags(self, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag

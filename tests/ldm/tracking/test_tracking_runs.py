@@ -170,3 +170,15 @@ def test_tracked_run_finishes_or_fails_with_its_block(workdir: Path) -> None:
     assert client.get_run(finished.run_id).info.status == "FINISHED"
     assert client.get_run(failed.run_id).info.status == "FAILED"
     assert client.get_run(finished.run_id).data.tags[Tag.CONFIG_HASH] == cfg.config_hash()
+
+
+def test_images_are_logged_as_keyed_steps_that_the_ui_steps_through(workdir: Path) -> None:
+    from PIL import Image
+
+    uri = resolve_tracking_uri(workdir)
+    tracker = start_run(uri, experiment_id(uri, "images", workdir), "grids")
+    for step in (2, 4):
+        tracker.log_image(Image.new("RGB", (8, 8)), key="diffusion_samples", step=step)
+    names = [Path(a.path).name for a in MlflowClient(tracking_uri=uri).list_artifacts(tracker.run_id, "images")]
+    pngs = sorted(n for n in names if n.endswith(".png"))
+    assert [n.split("+")[:3] for n in pngs] == [["diffusion_samples", "step", "2"], ["diffusion_samples", "step", "4"]]
