@@ -20,7 +20,7 @@ import typer
 
 from ldm.errors import UserError
 from ldm.paths import resolve_workdir
-from sweeps.spec import load_spec, shipped_spec_names
+from sweeps.spec import load_spec, short_param_names, shipped_spec_names
 
 app = typer.Typer(help="Optuna studies over config fields; every trial is an MLflow run.", no_args_is_help=True)
 
@@ -84,8 +84,9 @@ def status(
     fixed = {"number", "state", "seed", *objectives, "duration_s", "fail_reason", "mlflow_run_id", "pareto"}
     params = [c for c in frame.columns if c not in fixed]
     table = Table(title=f"study {study}")
-    for column in ["#", "state", *params, "seed", *objectives, "seconds", "note"]:
-        table.add_column(column)
+    # Whole headers, however narrow the terminal: rich wraps the cells instead of cutting `diffusion.…`.
+    for column in ["#", "state", *short_param_names(params), "seed", *objectives, "seconds", "note"]:
+        table.add_column(column, min_width=len(column), overflow="fold")
     for r in frame.to_dict("records"):
         table.add_row(
             f"{r['number']}{'*' if r['pareto'] else ''}", r["state"], *(_cell(r[p]) for p in params),

@@ -19,7 +19,7 @@ from ldm.config import ExperimentConfig
 from ldm.io import atomic_write_text
 from ldm.tracking import MlflowTracker, Role, Tag, TrialOutcome
 from ldm.tracking.runs import artifact_root, describe_run, experiment_id, start_run
-from sweeps.spec import SweepSpec, TrialPoint
+from sweeps.spec import SweepSpec, TrialPoint, short_param_names
 
 SPEC_ARTIFACT = "spec.yaml"  # the spec as the parent run logs it; reports read the study's design from it
 
@@ -96,8 +96,7 @@ SWEPT_PARAM_PREFIX = "_swept."  # swept params again under this prefix, so the U
 
 def trial_run_name(point: TrialPoint) -> str:
     """The swept values by their last path part, then the seed: `f=2 c=4 s0` (full paths where parts clash)."""
-    last = [path.rsplit(".", 1)[-1] for path in point.params]
-    names = [short if last.count(short) == 1 else path for short, path in zip(last, point.params)]
+    names = short_param_names(list(point.params))
     return " ".join([*(f"{name}={value}" for name, value in zip(names, point.params.values())), f"s{point.seed}"])
 
 

@@ -307,6 +307,12 @@ class SweepSpec(_SpecModel):
         return values
 
 
+def short_param_names(paths: list[str]) -> list[str]:
+    """Swept paths by their last part (`autoencoder.f` -> `f`), the full path where two last parts clash."""
+    last = [path.rsplit(".", 1)[-1] for path in paths]
+    return [short if last.count(short) == 1 else path for short, path in zip(last, paths)]
+
+
 def _collected(checks: list[Callable[[], None]]) -> list[str]:
     """The messages of every check that fails."""
     errors = []

@@ -149,3 +149,18 @@ def test_ui_optuna_without_one_study_journal_asks_for_the_storage(workdir):
     assert isinstance(result.exception, UserError)
     assert str(result.exception) == ("--optuna needs --storage: there is not exactly one study journal under the "
                                      "work folder (studies: none)")
+
+
+def test_status_keeps_swept_headers_whole_at_80_columns(workdir, tmp_path, monkeypatch):
+    spec = tmp_path / "long.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": "long", "base": {"preset": "tiny"}, "sampler": "grid", "objectives": [{"metric": "fid_domain"}],
+        "space": {"diffusion.schedule": {"type": "categorical", "choices": ["linear", "cosine"]},
+                  "diffusion.prediction": {"type": "categorical", "choices": ["v_prediction"]}}}))
+    assert runner.invoke(cli.app, ["run", str(spec)]).exit_code == 0
+    monkeypatch.setenv("COLUMNS", "80")
+    status = runner.invoke(cli.app, ["status", "long"])
+    assert status.exit_code == 0, status.output
+    header = next(line for line in status.output.splitlines() if "state" in line)
+    assert "schedule" in header and "prediction" in header and "…" not in header
+    assert "cosine" in status.output and "v_predic" in status.output  # values fold, never vanish
