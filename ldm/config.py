@@ -257,16 +257,17 @@ class ExperimentConfig(Section):
         return d
 
     def config_hash(self) -> str:
-        return _hash(self.semantic_dict())
+        return content_hash(self.semantic_dict())
 
     def first_stage_hash(self) -> str:
         """Identity of the trained first stage: data, autoencoder, its training, and the seed."""
         d = self.semantic_dict()
-        return _hash({"data": d["data"], "autoencoder": d["autoencoder"],
+        return content_hash({"data": d["data"], "autoencoder": d["autoencoder"],
                       "training": d["training"]["autoencoder"], "seed": d["training"]["seed"]})
 
 
-def _hash(obj: Any) -> str:
+def content_hash(obj: Any) -> str:
+    """12 hex digits of the sha256 of `obj` as sorted JSON: the same for equal content, in any process."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
 
 

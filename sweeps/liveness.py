@@ -177,7 +177,11 @@ def _last_sign_of_life(trial: FrozenTrial) -> float:
     return start.timestamp()
 
 
-def liveness_for(location: str, heartbeat_s: int, grace_s: int, on_dead: DeadTrialCallback) -> Liveness:
+def is_rdb_location(location: str) -> bool:
     """A URL (`postgresql://...`, `sqlite:///...`) is an RDB storage; a plain path is a journal file."""
-    kind = RdbLiveness if "://" in location else JournalLiveness
+    return "://" in location
+
+
+def liveness_for(location: str, heartbeat_s: int, grace_s: int, on_dead: DeadTrialCallback) -> Liveness:
+    kind = RdbLiveness if is_rdb_location(location) else JournalLiveness
     return kind(heartbeat_s, grace_s, on_dead)

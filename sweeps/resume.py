@@ -44,19 +44,16 @@ def plan_resume(previous: FrozenTrial | None, cfg: ExperimentConfig, previous_cf
 
     target = run_dir(cfg, workdir) / CHECKPOINT_NAME
     run_id = previous.user_attrs.get(RUN_ID_ATTR)
-    source = f"runs:/{run_id}" if run_id is not None else None
-    found = latest_checkpoint(run_id, tracking_uri, CHECKPOINT_NAME, target.parent) if run_id is not None else None
-    if found is None:
-        local = run_dir(previous_cfg, workdir) / CHECKPOINT_NAME
-        if local.is_file():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(local, target)
-            found, source = target, str(local)
-    if found is None:
+    local = run_dir(previous_cfg, workdir) / CHECKPOINT_NAME
+    if run_id is not None and latest_checkpoint(run_id, tracking_uri, CHECKPOINT_NAME, target.parent) is not None:
+        source = f"runs:/{run_id}"
+    elif local.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(local, target)
+        source = str(local)
+    else:
         return ResumePlan(False, f"trial {number}: retry of trial {previous.number}, whose checkpoint cannot be "
                                  "reached (log it with tracking.log_checkpoints: all); starting afresh")
-    if found != target:
-        shutil.move(found, target)
     step = read_checkpoint(target)["step"]
     return ResumePlan(True, f"trial {number}: retry of trial {previous.number}, resuming at diffusion step {step} "
                             f"from {source}")

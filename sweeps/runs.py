@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import sys
 from collections import Counter
 from collections.abc import Iterable
@@ -15,7 +13,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
-from ldm.config import ExperimentConfig
+from ldm.config import ExperimentConfig, content_hash
 from ldm.io import atomic_write_text
 from ldm.tracking import MlflowTracker, Role, Tag, TrialOutcome
 from ldm.tracking.runs import artifact_root, describe_run, experiment_id, start_run
@@ -102,7 +100,7 @@ def trial_run_name(point: TrialPoint) -> str:
 
 def configuration_key(point: TrialPoint) -> str:
     """The same for every seed of one configuration."""
-    return hashlib.sha256(json.dumps(point.params, sort_keys=True).encode()).hexdigest()[:12]
+    return content_hash(point.params)
 
 
 def start_trial_run(tracking: StudyTracking, study: str, number: int, point: TrialPoint) -> MlflowTracker:

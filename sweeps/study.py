@@ -18,7 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ldm.db_drivers import check_driver
 from ldm.errors import UserError
-from sweeps.liveness import OWNER_ATTR, Liveness, liveness_for
+from sweeps.liveness import OWNER_ATTR, Liveness, is_rdb_location, liveness_for
 from sweeps.spec import SweepSpec, TrialPoint
 
 JOURNAL_NAME = "journal.log"
@@ -66,7 +66,7 @@ def open_storage(location: str, liveness: Liveness | None = None) -> BaseStorage
 
     Workers pass their `Liveness` (an RDB storage then records heartbeats); status and reports read without.
     """
-    if "://" not in location:
+    if not is_rdb_location(location):
         Path(location).parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(location))
     check_driver(location)
@@ -335,7 +335,7 @@ def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
 def study_location(study: str, workdir: Path, storage: str | None) -> str:
     """The storage of an existing study; the default journal must exist."""
     location = storage_location(study, workdir, storage)
-    if "://" not in location and not Path(location).is_file():
+    if not is_rdb_location(location) and not Path(location).is_file():
         raise UserError(f"no study '{study}' under {study_dir(workdir, study)}; run `ldm sweep run` first "
                         "or pass --storage")
     return location
@@ -351,8 +351,9 @@ def delete_study(study: str, workdir: Path, storage: str | None, tracking_uri: s
     from ldm.tracking.runs import delete_experiment
 
     location = study_location(study, workdir, storage)
-    load_study(study, open_storage(location))  # a missing study is an error naming the ones there
-    optuna.delete_study(study_name=study, storage=open_storage(location))
+    opened = open_storage(location)
+    load_study(study, opened)  # a missing study is an error naming the ones there
+    optuna.delete_study(study_name=study, storage=opened)
     deleted = [f"the Optuna study in {location}"]
     if storage is None:
         shutil.rmtree(study_dir(workdir, study))
