@@ -75,13 +75,16 @@ class FactorModels:
         images = settings.tensor(torch.rand(args.batch, args.image_channels, args.resolution, args.resolution) * 2 - 1)
         diffusion_cfg = DiffusionConfig(sampling=SamplingConfig(sampler="ddim", steps=args.ddim_steps))
         with settings.autocast():
-            latents = encode_latents(first_stage, images, 1.0, sample_posterior=True).float()
+            latents = encode_latents(first_stage, images, 1.0,
+                                     posterior_noise=torch.randn(len(images), *first_stage.latent_shape(args.resolution),
+                                                                 device=images.device)).float()
         return cls(f, first_stage, unet, GaussianDiffusion.from_config(diffusion_cfg), diffusion_cfg.sampling,
                    settings, images, latents)
 
     def encode(self) -> torch.Tensor:
         with self.settings.autocast():
-            return encode_latents(self.first_stage, self.images, 1.0, sample_posterior=True)
+            noise = torch.randn(len(self.images), *self.latents.shape[1:], device=self.images.device)
+            return encode_latents(self.first_stage, self.images, 1.0, posterior_noise=noise)
 
     @torch.no_grad()
     def decode(self) -> torch.Tensor:

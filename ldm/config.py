@@ -160,7 +160,10 @@ class DiffusionConfig(Section):
 
 class StageTrainingConfig(Section):
     steps: int = Field(1000, ge=1)
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1, description="global batch per optimiser step, whatever the number of ranks")
+    micro_batch_size: int | None = Field(
+        None, ge=1, description="images per forward pass on each rank; None = batch_size / ranks. Gradients "
+        "accumulate over batch_size / (micro_batch_size x ranks) passes")
     lr: float = Field(2e-4, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
     warmup_steps: int = Field(50, ge=0)
@@ -248,11 +251,13 @@ class ExperimentConfig(Section):
         atomic_write_text(Path(path), self.to_yaml())
 
     def semantic_dict(self) -> dict[str, Any]:
-        """Fields that change results: no paths, tracking, worker counts or run name."""
+        """Fields that change results: no paths, tracking, worker counts, micro-batch sizes or run name."""
         d = self.model_dump(mode="json", exclude={"name": True, "tracking": True})
         d["data"].pop("root")
         d["data"].pop("download")
         d["training"].pop("num_workers")
+        for stage in ("autoencoder", "diffusion"):  # the same sums, split into other passes
+            d["training"][stage].pop("micro_batch_size")
         d["evaluation"].pop("inception_weights")
         return d
 

@@ -7,6 +7,7 @@ The backend is NCCL on CUDA and gloo on the CPU, which is how the distributed pa
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 
@@ -62,6 +63,12 @@ class Ranks:
         dist.all_gather(parts, padded)
         return torch.cat([part[:size] for part, size in zip(parts, sizes, strict=True)])
 
+    def broadcast_module_(self, module: torch.nn.Module) -> None:
+        """Overwrite every rank's parameters and buffers with rank 0's."""
+        if self.distributed:
+            for tensor in module.state_dict().values():
+                dist.broadcast(tensor, src=0)
+
     def broadcast_object(self, value: object) -> object:
         """Rank 0's `value` on every rank (e.g. a decision only rank 0 can take)."""
         if not self.distributed:
@@ -69,6 +76,14 @@ class Ranks:
         box = [value]
         dist.broadcast_object_list(box, src=0)
         return box[0]
+
+    def all_gather_objects(self, value: object) -> list[object]:
+        """Every rank's `value`, in rank order."""
+        if not self.distributed:
+            return [value]
+        values: list[object] = [None] * self.world_size
+        dist.all_gather_object(values, value)
+        return values
 
     def barrier(self) -> None:
         if self.distributed:
@@ -86,21 +101,16 @@ def launched_by_torchrun() -> bool:
     return "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
 
 
-def init_distributed(device: torch.device) -> Ranks:
-    """Join the job torchrun started (once per process); a single process stays rank 0 of 1."""
+def init_distributed() -> Ranks:
+    """Join the job torchrun started (once per process; left at exit); a single process stays rank 0 of 1."""
     if not launched_by_torchrun() or (dist.is_available() and dist.is_initialized()):
         return current_ranks()
     missing = [name for name in TORCHRUN_VARIABLES if name not in os.environ]
     if missing:
         raise UserError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} but {', '.join(missing)} unset; "
                         "start distributed runs with torchrun, which sets them all")
-    local_rank = int(os.environ["LOCAL_RANK"])
-    if device.type == "cuda":
-        torch.cuda.set_device(local_rank)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    # One group serves both devices, so joining needs no config: CPU tensors go through gloo, CUDA ones NCCL.
+    backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend)
+    atexit.register(dist.destroy_process_group)
     return current_ranks()
-
-
-def rank_device(device: torch.device, ranks: Ranks) -> torch.device:
-    """Each rank's own GPU (its local rank); the CPU is shared."""
-    return torch.device("cuda", ranks.local_rank) if device.type == "cuda" else device

@@ -40,7 +40,11 @@ def train(
         None, "--first-stage", help="First-stage checkpoint to use (with --stage diffusion)."),
     no_track: bool = typer.Option(False, "--no-track", help="Do not log to MLflow."),
 ) -> None:
-    """Train the first stage and/or the diffusion model of a config; prints the checkpoint paths."""
+    """Train the first stage and/or the diffusion model of a config; prints the checkpoint paths.
+
+    Under `torchrun` every rank trains its share of each batch; rank 0 alone logs and writes.
+    """
+    from ldm.distributed import init_distributed
     from ldm.tracking.runs import tracked_run
     from ldm.training.autoencoder_stage import train_autoencoder
     from ldm.training.diffusion_stage import train_diffusion
@@ -53,17 +57,23 @@ def train(
     if retrain and stage == "diffusion":
         raise UserError("--retrain retrains the first stage; allowed with --stage all or --stage autoencoder")
     workdir = resolve_workdir()
-    tracked = cfg.tracking.enabled and not no_track
+    ranks = init_distributed()
+    tracked = cfg.tracking.enabled and not no_track and ranks.is_main
+    echo = typer.echo if ranks.is_main else _silent
     with tracked_run(cfg, workdir) if tracked else contextlib.nullcontext(NullTracker()) as tracker:
         if stage == "diffusion":
             diffusion = train_diffusion(cfg, workdir, tracker, first_stage_ckpt=first_stage, resume=resume)
-            typer.echo(f"diffusion checkpoint: {diffusion}")
+            echo(f"diffusion checkpoint: {diffusion}")
             return
         autoencoder = train_autoencoder(cfg, workdir, tracker, retrain=retrain)
-        typer.echo(f"first-stage checkpoint: {autoencoder}")
+        echo(f"first-stage checkpoint: {autoencoder}")
         if stage == "all":
             diffusion = train_diffusion(cfg, workdir, tracker, first_stage_ckpt=autoencoder, resume=resume)
-            typer.echo(f"diffusion checkpoint: {diffusion}")
+            echo(f"diffusion checkpoint: {diffusion}")
+
+
+def _silent(message: str) -> None:
+    """Where ranks other than 0 print: nowhere, so a job's output reads as one process's."""
 
 
 def sample(

@@ -141,10 +141,11 @@ class FirstStage(nn.Module, ABC):
     def encode(self, x: Tensor) -> LatentPosterior:
         return self.encode_regularized(x).posterior
 
-    def forward(self, x: Tensor, sample_posterior: bool = True) -> AutoencoderOutput:
+    def forward(self, x: Tensor, sample_posterior: bool = True, noise: Tensor | None = None) -> AutoencoderOutput:
+        """Reconstruct through a posterior sample (its standard normal draw `noise` when given) or its mode."""
         regularized = self.encode_regularized(x)
         posterior = regularized.posterior
-        z = posterior.sample() if sample_posterior else posterior.mode()
+        z = posterior.sample(noise=noise) if sample_posterior else posterior.mode()
         return AutoencoderOutput(self.decode(z), posterior, regularized.loss, regularized.stats)
 
     def on_device(self, x: Tensor) -> Tensor:

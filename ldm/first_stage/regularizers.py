@@ -25,7 +25,9 @@ LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
 class LatentPosterior(Protocol):
     """q(z|x) as the rest of the suite sees it."""
 
-    def sample(self, generator: Generator | None = None) -> Tensor: ...
+    def sample(self, generator: Generator | None = None, noise: Tensor | None = None) -> Tensor:
+        """A draw; `noise` is the standard normal draw to use (shaped like the latent), fresh when None."""
+        ...
 
     def mode(self) -> Tensor: ...
 
@@ -43,8 +45,9 @@ class DiagonalGaussian:
         self.logvar = logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
         self.std = torch.exp(0.5 * self.logvar)
 
-    def sample(self, generator: Generator | None = None) -> Tensor:
-        noise = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
+    def sample(self, generator: Generator | None = None, noise: Tensor | None = None) -> Tensor:
+        if noise is None:
+            noise = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
         return self.mean + self.std * noise
 
     def mode(self) -> Tensor:
@@ -60,7 +63,7 @@ class PointPosterior:
 
     latent: Tensor
 
-    def sample(self, generator: Generator | None = None) -> Tensor:
+    def sample(self, generator: Generator | None = None, noise: Tensor | None = None) -> Tensor:
         return self.latent
 
     def mode(self) -> Tensor:

@@ -4,6 +4,6 @@
 """
 
 from ldm.tracking.tags import Role, Tag, TrialOutcome
-from ldm.tracking.tracker import MlflowTracker, NullTracker, Tracker, flatten
+from ldm.tracking.tracker import MlflowTracker, NullTracker, Tracker, flatten, main_rank_tracker
 
-__all__ = ["MlflowTracker", "NullTracker", "Role", "Tag", "Tracker", "TrialOutcome", "flatten"]
+__all__ = ["MlflowTracker", "NullTracker", "Role", "Tag", "Tracker", "TrialOutcome", "flatten", "main_rank_tracker"]

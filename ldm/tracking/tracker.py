@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from PIL import Image
+
+if TYPE_CHECKING:
+    from ldm.distributed import Ranks
 
 
 class Tracker(Protocol):
@@ -44,6 +47,11 @@ class NullTracker:
 
     def artifact_uri(self, artifact_path: str) -> str | None:
         return None
+
+
+def main_rank_tracker(tracker: Tracker, ranks: Ranks) -> Tracker:
+    """The tracker itself on rank 0, a NullTracker on the other ranks of a torchrun job: one rank logs."""
+    return tracker if ranks.is_main else NullTracker()
 
 
 class MlflowTracker:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -22,12 +23,14 @@ from ldm.first_stage import (
     evaluate_rate_distortion,
     evaluating,
 )
+from ldm.distributed import Ranks, current_ranks
 from ldm.io import atomic_write_text
 from ldm.locks import exclusive, lock_file
 from ldm.paths import first_stage_dir
-from ldm.tracking import NullTracker, Tracker
+from ldm.tracking import NullTracker, Tracker, main_rank_tracker
 from ldm.training.checkpoint import (
     Checkpoint,
+    capture_rng,
     checkpoint_config,
     model_weights,
     read_checkpoint,
@@ -36,6 +39,7 @@ from ldm.training.checkpoint import (
 )
 from ldm.training.device import Batch, prepare_module, resolve_device
 from ldm.training.loop import Stage, StepLosses, train_stage
+from ldm.training.sharding import StepNoise
 
 CHECKPOINT_NAME = "autoencoder.pt"
 METRICS_NAME = "metrics.json"
@@ -69,9 +73,9 @@ class AutoencoderStep:
             groups["discriminator"] = list(self.loss.discriminator.parameters())
         return groups
 
-    def losses(self, batch: Batch, step: int) -> StepLosses:
+    def losses(self, batch: Batch, step: int, noise: StepNoise) -> StepLosses:
         images = batch["image"]
-        output = self.first_stage(images)
+        output = self.first_stage(images, noise=noise.randn(*self.first_stage.latent_shape(images.shape[-1])))
         loss, stats = self.loss.generator_loss(images, output, step, self.first_stage.decoder_last_layer)
         losses = {"model": loss}
         if self.loss.discriminator_active(step):
@@ -80,7 +84,7 @@ class AutoencoderStep:
         stats.pop("loss")  # the loop reports the model group's loss itself
         return StepLosses(losses, stats)
 
-    def val_loss(self, batch: Batch) -> Tensor:
+    def val_loss(self, batch: Batch, noise: StepNoise) -> Tensor:
         images = batch["image"]
         loss, _ = self.loss.generator_loss(images, self.first_stage(images, sample_posterior=False), 0,
                                            self.first_stage.decoder_last_layer)
@@ -117,22 +121,32 @@ def train_autoencoder(cfg: ExperimentConfig, workdir: Path, tracker: Tracker = N
     The run that trains it uploads it (`tracking.log_checkpoints`) and records its URI beside it; a run that
     reuses one not uploaded to its own tracking store uploads it there.
     """
+    ranks = current_ranks()
+    tracker = main_rank_tracker(tracker, ranks)
     path = first_stage_checkpoint(cfg, workdir)
     step = cfg.training.autoencoder.steps
-    if retrain or not is_finished(path):
-        with exclusive(lock_file(path.parent)):
-            if retrain or not is_finished(path):  # a process we waited for may have finished it
-                step = _train_and_measure(cfg, workdir, path, tracker, resume=not retrain)
+
+    def needed() -> bool:  # rank 0's view, so that every rank takes the same branch
+        return bool(ranks.broadcast_object(ranks.is_main and (retrain or not is_finished(path))))
+
+    if needed():
+        # Rank 0 holds the lock for the job; the other ranks wait for it in the next collective.
+        with exclusive(lock_file(path.parent)) if ranks.is_main else contextlib.nullcontext():
+            if needed():  # a process we waited for may have finished it
+                step = _train_and_measure(cfg, workdir, path, tracker, resume=not retrain, ranks=ranks)
                 # Under the lock, so a waiter of the same store finds the URI and does not upload a second copy.
                 publish_checkpoint(tracker, path, cfg.tracking.log_checkpoints, replaces=True)
-    if upload_of(path, tracker) is None:
-        publish_checkpoint(tracker, path, cfg.tracking.log_checkpoints, replaces=False)
-    _log_results(tracker, path, step)
+        ranks.barrier()
+    if ranks.is_main:
+        if upload_of(path, tracker) is None:
+            publish_checkpoint(tracker, path, cfg.tracking.log_checkpoints, replaces=False)
+        _log_results(tracker, path, step)
     return path
 
 
-def _train_and_measure(cfg: ExperimentConfig, workdir: Path, path: Path, tracker: Tracker, resume: bool) -> int:
-    """Train the first stage into `path`, then store its metrics and scale factor; returns the last step."""
+def _train_and_measure(cfg: ExperimentConfig, workdir: Path, path: Path, tracker: Tracker, resume: bool,
+                       ranks: Ranks) -> int:
+    """Train the first stage into `path` (on every rank), then store its metrics and scale factor (rank 0)."""
     device = resolve_device(cfg.training.device)
     torch.manual_seed(cfg.training.seed)
     train, val = build_dataset(cfg.data, "train", workdir), build_dataset(cfg.data, "val", workdir)
@@ -140,7 +154,9 @@ def _train_and_measure(cfg: ExperimentConfig, workdir: Path, path: Path, tracker
     trainee = prepare_module(AutoencoderTrainee(first_stage, AutoencoderLoss(cfg.autoencoder, cfg.data.channels)),
                              device)
     if not first_stage.trainable:  # a checkpoint of its (empty) state
-        save_checkpoint(path, step=0, model=trainee, optimizers={}, ema=None, data_order={}, config=cfg, extras={})
+        if ranks.is_main:
+            save_checkpoint(path, step=0, model=trainee, optimizers={}, ema=None, data_order={}, config=cfg,
+                            rng=[capture_rng()], extras={})
         step = 0
     else:
         stage = Stage(name="autoencoder", settings=cfg.training.autoencoder, metric_prefix="ae",
@@ -150,6 +166,8 @@ def _train_and_measure(cfg: ExperimentConfig, workdir: Path, path: Path, tracker
         if trained.ema is not None:  # what later stages load (`load_first_stage` prefers the EMA weights)
             trained.ema.copy_to(trainee)
         step = cfg.training.autoencoder.steps
+    if not ranks.is_main:
+        return step
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.training.seed)

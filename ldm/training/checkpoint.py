@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from ldm.config import ExperimentConfig, build_config
+from ldm.distributed import Ranks
 from ldm.errors import UserError
 from ldm.io import atomic_torch_save, load_checkpoint
 from ldm.training.ema import EMA
@@ -24,7 +25,17 @@ def capture_rng() -> dict[str, Any]:
     return {"torch": torch.get_rng_state(), "cuda": cuda}
 
 
-def restore_rng(state: dict[str, Any]) -> None:
+def restore_rng(saved: list[dict[str, Any]] | dict[str, Any], ranks: Ranks, fallback_seed: int) -> None:
+    """This rank's generators from the per-rank states of a checkpoint (a dict: one written by a single process).
+
+    A run resumed on another number of ranks seeds the per-rank streams afresh from `fallback_seed + rank`:
+    only rank-local randomness (dropout) is affected, the data order and per-sample noise are the steps' own.
+    """
+    states = saved if isinstance(saved, list) else [saved]
+    if len(states) != ranks.world_size:
+        torch.manual_seed(fallback_seed + ranks.rank)
+        return
+    state = states[ranks.rank]
     torch.set_rng_state(state["torch"])
     # A run resumed on a machine without the GPU it was saved on continues with the CPU stream only.
     if state["cuda"] and torch.cuda.is_available():
@@ -40,15 +51,17 @@ def save_checkpoint(
     ema: EMA | None,
     data_order: dict[str, int],
     config: ExperimentConfig,
+    rng: list[dict[str, Any]],
     extras: dict[str, Any],
 ) -> None:
-    """Write atomically: a crash during the write leaves the previous checkpoint intact."""
+    """Write atomically: a crash during the write leaves the previous checkpoint intact. `rng`: each rank's
+    `capture_rng()`, in rank order."""
     state: Checkpoint = {
         "step": step,
         "model": model.state_dict(),
         "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
         "ema": ema.state_dict() if ema is not None else None,
-        "rng": capture_rng(),
+        "rng": rng,
         "data_order": dict(data_order),
         "config": config.to_yaml(),
         "extras": extras,

@@ -9,18 +9,24 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from ldm.distributed import current_ranks
 from ldm.errors import UserError
 
 Batch = dict[str, Any]
 
 
 def resolve_device(choice: Literal["auto", "cpu", "cuda"]) -> torch.device:
-    """`auto` picks CUDA when present; asking for CUDA without one is an error, not a silent CPU run."""
+    """`auto` picks CUDA when present; asking for CUDA without one is an error, not a silent CPU run.
+
+    Under torchrun each rank gets the GPU of its local rank.
+    """
     if choice == "cuda" and not torch.cuda.is_available():
         raise UserError("training.device='cuda' but no CUDA device is available; allowed here: auto, cpu")
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(choice)
+    if choice == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    device = torch.device("cuda", current_ranks().local_rank)
+    torch.cuda.set_device(device)
+    return device
 
 
 def autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:

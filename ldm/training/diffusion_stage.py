@@ -14,17 +14,20 @@ from torch.utils.data import DataLoader
 from ldm.artifacts import RECORD_NAME, CheckpointRecord, log_checkpoint, upload_of
 from ldm.config import ExperimentConfig
 from ldm.data.grid import make_grid_image, save_image_atomic
+from ldm.data.base import ImageDataset
 from ldm.data.registry import build_dataset
 from ldm.diffusion.conditioning import DatasetInfo, DatasetSummary
 from ldm.diffusion.process import GaussianDiffusion
+from ldm.distributed import current_ranks
 from ldm.errors import UserError
 from ldm.io import atomic_write_text
 from ldm.paths import runs_dir
-from ldm.tracking import NullTracker, Tracker, flatten
+from ldm.tracking import NullTracker, Tracker, flatten, main_rank_tracker
 from ldm.training.autoencoder_stage import load_first_stage, train_autoencoder
 from ldm.training.device import Batch, maybe_compile, prepare_module, resolve_device
-from ldm.training.loop import OnEval, PeriodicEval, Stage, StepLosses, train_stage
+from ldm.training.loop import OnEval, PeriodicEval, Stage, StepLosses, TrainedStage, train_stage
 from ldm.training.pipeline import LatentDiffusionPipeline, build_denoiser, encode_latents
+from ldm.training.sharding import StepNoise
 
 CHECKPOINT_NAME = "diffusion.pt"
 PREVIEW_IMAGES = 16
@@ -54,21 +57,23 @@ class DiffusionStep:
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"model": list(self.pipeline.denoiser.parameters())}
 
-    def _loss(self, batch: Batch, drop_conditions: bool) -> Tensor:
+    def _loss(self, batch: Batch, noise: StepNoise, drop_conditions: bool) -> Tensor:
         pipeline = self.pipeline
-        x0 = encode_latents(pipeline.first_stage, batch["image"], pipeline.scale_factor, sample_posterior=True)
+        shape = pipeline.first_stage.latent_shape(pipeline.config.data.resolution)
+        x0 = encode_latents(pipeline.first_stage, batch["image"], pipeline.scale_factor,
+                            posterior_noise=noise.randn(*shape))
         cond = pipeline.condition(pipeline.conditioner.inputs_from_batch(batch))
+        dropped = noise.rand() < self.p_uncond
         if drop_conditions and cond is not None:
-            cond = pipeline.conditioner.drop(cond, self.p_uncond, None)
-        t = torch.randint(0, pipeline.diffusion.num_timesteps, (len(x0),), device=x0.device)
-        noise = torch.randn_like(x0)
-        return pipeline.diffusion.training_loss(self.model_fn, x0, t, noise, {"cond": cond}).mean()
+            cond = pipeline.conditioner.drop_where(cond, dropped)
+        t = noise.randint(pipeline.diffusion.num_timesteps)
+        return pipeline.diffusion.training_loss(self.model_fn, x0, t, noise.randn(*shape), {"cond": cond}).mean()
 
-    def losses(self, batch: Batch, step: int) -> StepLosses:
-        return StepLosses({"model": self._loss(batch, drop_conditions=True)})
+    def losses(self, batch: Batch, step: int, noise: StepNoise) -> StepLosses:
+        return StepLosses({"model": self._loss(batch, noise, drop_conditions=True)})
 
-    def val_loss(self, batch: Batch) -> Tensor:
-        return self._loss(batch, drop_conditions=False)
+    def val_loss(self, batch: Batch, noise: StepNoise) -> Tensor:
+        return self._loss(batch, noise, drop_conditions=False)
 
     def preview(self, batch: Batch) -> Image.Image:
         return sample_grid(self.pipeline, batch, PREVIEW_IMAGES, self.seed)
@@ -85,6 +90,8 @@ def train_diffusion(cfg: ExperimentConfig, workdir: Path, tracker: Tracker = Nul
     checkpoint per `tracking.log_checkpoints`; returns the checkpoint. With `intermediate` and
     `evaluation.fid_every`, `intermediate(pipeline)` is measured on the EMA weights every `fid_every` steps.
     """
+    ranks = current_ranks()
+    tracker = main_rank_tracker(tracker, ranks)
     if first_stage_ckpt is None:
         first_stage_ckpt = train_autoencoder(cfg, workdir, tracker)
     first_stage, scale_factor, first_cfg = load_first_stage(first_stage_ckpt)
@@ -106,7 +113,8 @@ def train_diffusion(cfg: ExperimentConfig, workdir: Path, tracker: Tracker = Nul
                          cfg.training.seed)
 
     folder = run_dir(cfg, workdir)
-    cfg.save(folder / "config.yaml")
+    if ranks.is_main:
+        cfg.save(folder / "config.yaml")
     stage = Stage(name="diffusion", settings=cfg.training.diffusion, metric_prefix="diffusion",
                   val_metric="val_loss", model=denoiser, step=step, train_data=train, val_data=val,
                   checkpoint=folder / CHECKPOINT_NAME, extras=extras, preview_key="diffusion_samples")
@@ -114,20 +122,28 @@ def train_diffusion(cfg: ExperimentConfig, workdir: Path, tracker: Tracker = Nul
     periodic = (PeriodicEval(every, lambda _step: intermediate(pipeline))
                 if intermediate is not None and every is not None else None)
     trained = train_stage(stage, cfg, device, tracker, resume=resume, on_eval=on_eval, periodic=periodic)
+    if ranks.is_main:
+        _finish(cfg, folder, pipeline, trained, val, first_stage_ckpt, stage.checkpoint, tracker)
+    ranks.barrier()  # the run folder is complete on every rank's return
+    return stage.checkpoint
 
+
+def _finish(cfg: ExperimentConfig, folder: Path, pipeline: LatentDiffusionPipeline, trained: TrainedStage,
+            val: ImageDataset, first_stage_ckpt: Path, checkpoint: Path, tracker: Tracker) -> None:
+    """Rank 0's last writes: the sample grid on the EMA weights, the checkpoint record, throughput, uploads."""
+    denoiser = pipeline.denoiser
     if trained.ema is not None:
         trained.ema.copy_to(denoiser)
     denoiser.eval()
     val_batch = next(iter(DataLoader(val, batch_size=SAMPLE_GRID_IMAGES)))
     save_image_atomic(sample_grid(pipeline, val_batch, SAMPLE_GRID_IMAGES, cfg.training.seed), folder / "samples.png")
     record = CheckpointRecord(first_stage=upload_of(first_stage_ckpt, tracker) or str(first_stage_ckpt),
-                              diffusion=log_checkpoint(tracker, stage.checkpoint, cfg.tracking.log_checkpoints))
+                              diffusion=log_checkpoint(tracker, checkpoint, cfg.tracking.log_checkpoints))
     atomic_write_text(folder / RECORD_NAME, record.to_text())
     tracker.log_metrics({"train_images_per_s": trained.images_per_s, "train_hours": trained.train_seconds / 3600},
                         step=cfg.training.diffusion.steps)
     for artifact in ("config.yaml", "samples.png", RECORD_NAME):
         tracker.log_artifact(folder / artifact)
-    return stage.checkpoint
 
 
 def _check_first_stage_fits(cfg: ExperimentConfig, first_cfg: ExperimentConfig, path: Path) -> None:

@@ -26,12 +26,14 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ldm.artifacts import log_periodic_checkpoint
 from ldm.config import ExperimentConfig, StageTrainingConfig
+from ldm.distributed import Ranks, current_ranks
 from ldm.errors import DataError
 from ldm.tracking import Tracker
 from ldm.training import DivergedError
-from ldm.training.checkpoint import read_checkpoint, restore_rng, save_checkpoint
+from ldm.training.checkpoint import capture_rng, read_checkpoint, restore_rng, save_checkpoint
 from ldm.training.device import Batch, autocast, batch_to
 from ldm.training.ema import EMA
+from ldm.training.sharding import BatchLayout, ShardedBatches, StepNoise
 
 OnEval = Callable[[str, float, int], None]
 
@@ -59,9 +61,11 @@ class TrainingStep(Protocol):
         """Trainable parameters per optimiser, e.g. {"model": ...} or {"model": ..., "discriminator": ...}."""
         ...
 
-    def losses(self, batch: Batch, step: int) -> StepLosses: ...
+    def losses(self, batch: Batch, step: int, noise: StepNoise) -> StepLosses:
+        """The losses of a micro-batch; every per-sample random number comes from `noise`."""
+        ...
 
-    def val_loss(self, batch: Batch) -> Tensor: ...
+    def val_loss(self, batch: Batch, noise: StepNoise) -> Tensor: ...
 
     def preview(self, batch: Batch) -> Image.Image:
         """An image grid showing progress (reconstructions, samples)."""
@@ -127,13 +131,13 @@ class ResumableBatches(Sampler[list[int]]):
 
 
 class _ProgressReport:
-    """A rich progress bar on a terminal; plain log lines on stderr otherwise (CI, files, sweeps)."""
+    """A rich progress bar on a terminal; plain log lines on stderr otherwise (CI, files, sweeps); silent if not `shown`."""
 
-    def __init__(self, stage: str, total: int, start: int) -> None:
-        self.stage, self.total = stage, total
+    def __init__(self, stage: str, total: int, start: int, shown: bool) -> None:
+        self.stage, self.total, self.shown = stage, total, shown
         self.console = Console(stderr=True)
         self.bar: Progress | None = None
-        if self.console.is_terminal:
+        if shown and self.console.is_terminal:
             self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                 TextColumn("{task.fields[status]}"), TimeRemainingColumn(), console=self.console)
             self.task = self.bar.add_task(stage, total=total, completed=start, status="")
@@ -151,7 +155,7 @@ class _ProgressReport:
         """Advance to `step`; with metrics (a log step) show them too."""
         if self.bar is not None:
             self.bar.update(self.task, completed=step)
-        if not metrics:
+        if not metrics or not self.shown:
             return
         status = "  ".join(f"{name.rsplit('/', 1)[-1]} {value:.4g}" for name, value in metrics.items())
         if self.bar is not None:
@@ -176,8 +180,14 @@ def _evaluation(model: nn.Module, device: torch.device, seed: int) -> Iterator[N
 def train_stage(stage: Stage, cfg: ExperimentConfig, device: torch.device, tracker: Tracker,
                 resume: bool = False, on_eval: OnEval | None = None,
                 periodic: PeriodicEval | None = None) -> TrainedStage:
-    """Train `stage.model` for the stage's steps, continuing from `stage.checkpoint` when resuming and it exists."""
+    """Train `stage.model` for the stage's steps, continuing from `stage.checkpoint` when resuming and it exists.
+
+    Under torchrun every rank trains on its rows of each global batch (`ldm.training.sharding`) and the
+    gradients are averaged over ranks; rank 0 alone validates, logs, draws previews and writes checkpoints.
+    """
     settings, seed, prefix = stage.settings, cfg.training.seed, stage.metric_prefix
+    ranks = current_ranks()
+    layout = BatchLayout.of(settings, ranks, stage.name)
     if len(stage.train_data) < settings.batch_size:
         raise DataError(f"the train split has {len(stage.train_data)} images, fewer than "
                         f"training.{stage.name}.batch_size={settings.batch_size}; lower the batch size")
@@ -186,37 +196,41 @@ def train_stage(stage: Stage, cfg: ExperimentConfig, device: torch.device, track
     optimizers = {name: torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay,
                                           fused=True)
                   for name, params in groups.items()}
+    ranks.broadcast_module_(stage.model)  # as DDP does: every rank starts from rank 0's weights
     ema = EMA(stage.model, settings.ema_decay) if settings.ema_decay is not None else None
     start, timing = 0, {"seconds": 0.0, "images": 0.0}
+    torch.manual_seed(seed + ranks.rank)  # the per-rank stream (dropout); per-sample noise is the step's own
     if resume and stage.checkpoint.is_file():
-        start, timing = _restore(stage, settings, optimizers, ema)
+        start, timing = _restore(stage, settings, optimizers, ema, ranks, seed)
 
-    sampler = ResumableBatches(len(stage.train_data), settings.batch_size, seed, start)
+    global_batches = ResumableBatches(len(stage.train_data), settings.batch_size, seed, start)
     # Private generators: a DataLoader otherwise draws its worker seed from the global stream the steps use,
     # which would shift a resumed run's random numbers.
-    batches = iter(DataLoader(stage.train_data, batch_sampler=sampler, num_workers=cfg.training.num_workers,
-                              generator=torch.Generator().manual_seed(seed), pin_memory=device.type == "cuda"))
-    val_loader = DataLoader(stage.val_data, batch_size=settings.batch_size, generator=torch.Generator())
-    val_batches = [batch_to(b, device) for b in itertools.islice(val_loader, settings.val_batches)]
+    batches = iter(DataLoader(stage.train_data, batch_sampler=ShardedBatches(global_batches, layout),
+                              num_workers=cfg.training.num_workers,
+                              generator=torch.Generator().manual_seed(seed + ranks.rank),
+                              pin_memory=device.type == "cuda"))
+    val_batches = _validation_batches(stage, settings, device) if ranks.is_main else []
     window = _Window()
     stage.model.train()
-    with _ProgressReport(prefix, settings.steps, start) as progress:
+    with _ProgressReport(prefix, settings.steps, start, shown=ranks.is_main) as progress:
         for step in range(start + 1, settings.steps + 1):
             tic = time.perf_counter()
-            batch = batch_to(next(batches), device)
-            loss, stats = _optimise(stage.step, batch, step, settings, optimizers, groups, device)
+            loss, stats = _optimise(stage.step, batches, layout, step, seed, settings, optimizers, groups, device)
             if ema is not None:
                 ema.update(stage.model)
-            elapsed, images = time.perf_counter() - tic, len(batch["image"])
-            window.add(loss, stats, elapsed, images)
+            elapsed = time.perf_counter() - tic
+            window.add(loss, stats, elapsed, layout.global_size)
             timing["seconds"] += elapsed
-            timing["images"] += images
+            timing["images"] += layout.global_size
 
             last = step == settings.steps
             if step % settings.checkpoint_every == 0 or last:
-                save_checkpoint(stage.checkpoint, step=step, model=stage.model, optimizers=optimizers, ema=ema,
-                                data_order=sampler.state(step), config=cfg,
-                                extras={**stage.extras, "timing": dict(timing)})
+                rng = ranks.all_gather_objects(capture_rng())
+                if ranks.is_main:
+                    save_checkpoint(stage.checkpoint, step=step, model=stage.model, optimizers=optimizers, ema=ema,
+                                    data_order=global_batches.state(step), config=cfg, rng=rng,
+                                    extras={**stage.extras, "timing": dict(timing)})
                 # The finished checkpoint is the stage's to upload, once it is complete (scale factor and all).
                 if not last:
                     log_periodic_checkpoint(tracker, stage.checkpoint, cfg.tracking.log_checkpoints)
@@ -225,7 +239,7 @@ def train_stage(stage: Stage, cfg: ExperimentConfig, device: torch.device, track
                 metrics[f"{prefix}/lr"] = lr_at(step, settings)
                 if val_batches:
                     with _evaluation(stage.model, device, seed):
-                        metrics[stage.val_metric] = _mean_val_loss(stage.step, val_batches)
+                        metrics[stage.val_metric] = _mean_val_loss(stage.step, val_batches, seed)
                 tracker.log_metrics(metrics, step=step)
                 progress.update(step, metrics)
                 if val_batches and on_eval is not None:
@@ -238,21 +252,29 @@ def train_stage(stage: Stage, cfg: ExperimentConfig, device: torch.device, track
                     tracker.log_image(stage.step.preview(val_batches[0]), key=stage.preview_key, step=step)
             if periodic is not None and step % periodic.every == 0:
                 with _averaged(stage.model, ema), _evaluation(stage.model, device, seed):
-                    measured = periodic.measure(step)
+                    measured = periodic.measure(step)  # on every rank: generation is sharded
                 tracker.log_metrics(measured, step=step)
                 for name, value in measured.items():
-                    if on_eval is not None:
+                    if on_eval is not None and ranks.is_main:
                         on_eval(name, value, step)
+    ranks.barrier()  # rank 0's last checkpoint is complete before any rank reads it
     return TrainedStage(ema=ema, images_per_s=timing["images"] / max(timing["seconds"], 1e-9),
                         train_seconds=timing["seconds"])
+
+
+def _validation_batches(stage: Stage, settings: StageTrainingConfig, device: torch.device) -> list[Batch]:
+    loader = DataLoader(stage.val_data, batch_size=settings.batch_size, generator=torch.Generator())
+    return [batch_to(b, device) for b in itertools.islice(loader, settings.val_batches)]
 
 
 def _averaged(model: nn.Module, ema: EMA | None) -> contextlib.AbstractContextManager[Any]:
     return ema.swapped_in(model) if ema is not None else contextlib.nullcontext()
 
 
-def _mean_val_loss(step_fn: TrainingStep, batches: list[Batch]) -> float:
-    return sum(float(step_fn.val_loss(batch)) for batch in batches) / len(batches)
+def _mean_val_loss(step_fn: TrainingStep, batches: list[Batch], seed: int) -> float:
+    """Mean loss over the validation batches, each with the same per-sample noise at every evaluation."""
+    return sum(float(step_fn.val_loss(batch, StepNoise.whole(len(batch["image"]), seed + i, batch["image"].device)))
+               for i, batch in enumerate(batches)) / len(batches)
 
 
 class _Window:
@@ -276,23 +298,35 @@ class _Window:
         return means
 
 
-def _optimise(step_fn: TrainingStep, batch: Batch, step: int, settings: StageTrainingConfig,
-              optimizers: dict[str, torch.optim.Optimizer], groups: dict[str, list[nn.Parameter]],
-              device: torch.device) -> tuple[float, dict[str, float]]:
-    """One update of every parameter group from its own loss; returns the first group's loss and the stats."""
-    with autocast(device):
-        out = step_fn.losses(batch, step)
-    values = {name: float(loss.detach()) for name, loss in out.losses.items()}
-    bad = next((v for v in values.values() if not math.isfinite(v)), None)
+def _optimise(step_fn: TrainingStep, batches: Iterator[Batch], layout: BatchLayout, step: int, seed: int,
+              settings: StageTrainingConfig, optimizers: dict[str, torch.optim.Optimizer],
+              groups: dict[str, list[nn.Parameter]], device: torch.device) -> tuple[float, dict[str, float]]:
+    """One update of every parameter group from its own loss, its gradient summed over this rank's micro-batches
+    and averaged over ranks; returns the first group's loss and the stats, both means over the global batch."""
+    grads: dict[str, list[Tensor | None]] = {name: [None] * len(params) for name, params in groups.items()}
+    values: dict[str, float] = {}
+    stats: dict[str, float] = {}
+    for micro in range(layout.accumulation):
+        batch = batch_to(next(batches), device)
+        with autocast(device):
+            out = step_fn.losses(batch, step, layout.noise(seed, step, micro, device))
+        present = [name for name in groups if name in out.losses]
+        for name in present:
+            # Each group gets the gradient of its own loss only (a generator loss must not move the discriminator);
+            # a group without a loss this step (a discriminator before it starts) is left as it is.
+            new = torch.autograd.grad(out.losses[name], groups[name], retain_graph=name != present[-1],
+                                      allow_unused=True)
+            grads[name] = [g if old is None else old + g if g is not None else old
+                           for old, g in zip(grads[name], new, strict=True)]
+        for key, value in ({name: out.losses[name].detach() for name in present} | out.stats).items():
+            values[key] = values.get(key, 0.0) + float(value) / layout.accumulation
+        stats = out.stats
+    means = _mean_over_ranks(values, layout.ranks)
+    bad = next((means[name] for name in present if not math.isfinite(means[name])), None)
     if bad is not None:
         raise DivergedError(step, bad)
-    present = [name for name in groups if name in out.losses]
     for name, params in groups.items():
-        # Each group gets the gradient of its own loss only (a generator loss must not move the discriminator);
-        # a group without a loss this step (a discriminator before it starts) is left as it is.
-        grads = (torch.autograd.grad(out.losses[name], params, retain_graph=name != present[-1], allow_unused=True)
-                 if name in out.losses else [None] * len(params))
-        for p, g in zip(params, grads, strict=True):
+        for p, g in zip(params, _mean_gradients(grads[name], layout), strict=True):
             p.grad = g
         if settings.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
@@ -300,12 +334,30 @@ def _optimise(step_fn: TrainingStep, batch: Batch, step: int, settings: StageTra
             group["lr"] = lr_at(step, settings)
     for opt in optimizers.values():
         opt.step()
-    return values[present[0]], out.stats
+    return means[present[0]], {key: means[key] for key in stats}
+
+
+def _mean_over_ranks(values: dict[str, float], ranks: Ranks) -> dict[str, float]:
+    """Per-rank means of equal-sized shares -> the global mean, the same on every rank."""
+    names = sorted(values)
+    reduced = ranks.all_reduce_mean_(torch.tensor([values[n] for n in names], dtype=torch.float64))
+    return dict(zip(names, reduced.tolist(), strict=True))
+
+
+def _mean_gradients(grads: list[Tensor | None], layout: BatchLayout) -> list[Tensor | None]:
+    """Summed micro-batch gradients -> their mean over passes and ranks (one all-reduce of a flat copy)."""
+    present = [g for g in grads if g is not None]
+    if not present:
+        return grads
+    flat = torch.cat([g.reshape(-1) for g in present]).div_(layout.accumulation)
+    layout.ranks.all_reduce_mean_(flat)
+    pieces = iter(flat.split([g.numel() for g in present]))
+    return [None if g is None else next(pieces).view_as(g) for g in grads]
 
 
 def _restore(stage: Stage, settings: StageTrainingConfig, optimizers: dict[str, torch.optim.Optimizer],
-             ema: EMA | None) -> tuple[int, dict[str, float]]:
-    """Load model, optimisers, EMA and RNG from the stage checkpoint; returns its step and timing."""
+             ema: EMA | None, ranks: Ranks, seed: int) -> tuple[int, dict[str, float]]:
+    """Load model, optimisers, EMA and this rank's RNG from the stage checkpoint; returns its step and timing."""
     ckpt = read_checkpoint(stage.checkpoint)
     order = ckpt["data_order"]
     if (order["size"], order["batch_size"]) != (len(stage.train_data), settings.batch_size):
@@ -317,5 +369,5 @@ def _restore(stage: Stage, settings: StageTrainingConfig, optimizers: dict[str, 
         opt.load_state_dict(ckpt["optimizers"][name])
     if ema is not None and ckpt["ema"] is not None:
         ema.load_state_dict(ckpt["ema"])
-    restore_rng(ckpt["rng"])
+    restore_rng(ckpt["rng"], ranks, seed + int(ckpt["step"]))
     return int(ckpt["step"]), dict(ckpt["extras"]["timing"])

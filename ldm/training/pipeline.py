@@ -55,11 +55,14 @@ def build_denoiser(cfg: ExperimentConfig, info: DatasetInfo) -> Denoiser:
     return Denoiser(unet, conditioner)
 
 
-def encode_latents(first_stage: FirstStage, images: Tensor, scale_factor: float, sample_posterior: bool) -> Tensor:
-    """Scaled first-stage latents of images in [-1, 1]; the first stage is frozen."""
+def encode_latents(first_stage: FirstStage, images: Tensor, scale_factor: float,
+                   posterior_noise: Tensor | None = None) -> Tensor:
+    """Scaled first-stage latents of images in [-1, 1]: posterior samples with the standard normal draw
+    `posterior_noise`, or the posterior mode without one. The first stage is frozen."""
     with torch.no_grad():
         posterior = first_stage.encode(images)
-        return (posterior.sample() if sample_posterior else posterior.mode()) * scale_factor
+        latent = posterior.mode() if posterior_noise is None else posterior.sample(noise=posterior_noise)
+        return latent * scale_factor
 
 
 class LatentDiffusionPipeline:
@@ -129,7 +132,7 @@ class LatentDiffusionPipeline:
     def condition(self, inputs: ConditionInputs) -> Condition | None:
         """The denoiser's condition for a batch of inputs (None for an unconditional model)."""
         return self.conditioner.condition(
-            inputs, lambda images: encode_latents(self.first_stage, images, self.scale_factor, sample_posterior=False))
+            inputs, lambda images: encode_latents(self.first_stage, images, self.scale_factor))
 
     def grid_captions(self, inputs: ConditionInputs) -> list[str] | None:
         """Captions for a grid of images generated for `inputs`: class names or prompts."""

@@ -179,11 +179,8 @@ class Conditioner(nn.Module, ABC):
         """Checkpoint extras that rebuild this conditioner without the data (e.g. the tokenizer)."""
         return {}
 
-    def drop(self, cond: Condition, p_uncond: float, generator: torch.Generator | None) -> Condition:
-        """Replace each item's condition by the null condition with probability p_uncond (condition dropout)."""
-        batch_size = next(iter(cond.values())).shape[0]
-        source = generator.device if generator is not None else torch.device("cpu")
-        dropped = torch.rand(batch_size, generator=generator, device=source) < p_uncond
+    def drop_where(self, cond: Condition, dropped: Tensor) -> Condition:
+        """Replace the condition of the items where `dropped` (bool, per item) by the null condition."""
         null = self.null(1)  # broadcast by torch.where: the text encoder runs once, not per item
         assert null is not None  # only a type that makes conditions drops them
         return {key: torch.where(dropped.to(value.device).view(-1, *[1] * (value.ndim - 1)), null[key], value)

@@ -10,7 +10,7 @@ from torch import nn
 
 from ldm.config import Override, load_config
 from ldm.errors import UserError
-from ldm.training.checkpoint import checkpoint_config, model_weights, read_checkpoint, save_checkpoint
+from ldm.training.checkpoint import capture_rng, checkpoint_config, model_weights, read_checkpoint, save_checkpoint
 from ldm.training.ema import EMA
 
 
@@ -23,7 +23,7 @@ def write(path: Path, step: int, ema: EMA | None = None) -> nn.Module:
     cfg = load_config(preset="tiny", overrides=[Override("autoencoder.f", 4)])
     save_checkpoint(path, step=step, model=model, optimizers={"model": optimizer}, ema=ema,
                     data_order={"size": 10, "batch_size": 2, "seed": 0, "next_batch": step}, config=cfg,
-                    extras={"scale_factor": 0.5, "class_names": ["a", "b"]})
+                    rng=[capture_rng()], extras={"scale_factor": 0.5, "class_names": ["a", "b"]})
     return model
 
 
@@ -32,7 +32,7 @@ def test_checkpoint_loads_with_weights_only_and_round_trips_the_config(tmp_path:
     model = write(path, step=3)
     ckpt = torch.load(path, weights_only=True)
     assert ckpt["step"] == 3 and ckpt["extras"] == {"scale_factor": 0.5, "class_names": ["a", "b"]}
-    assert set(ckpt["rng"]) == {"torch", "cuda"} and ckpt["optimizers"]["model"]["state"]
+    assert [set(state) for state in ckpt["rng"]] == [{"torch", "cuda"}] and ckpt["optimizers"]["model"]["state"]
     assert checkpoint_config(read_checkpoint(path)) == load_config(preset="tiny", overrides=[Override("autoencoder.f", 4)])
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in ckpt["model"].items())
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temporary file left behind
@@ -43,7 +43,7 @@ def test_model_weights_prefer_ema_when_asked(tmp_path: Path) -> None:
     ema = EMA(model, 0.9)
     ema.shadow["weight"].fill_(5.0)
     path = tmp_path / "c.pt"
-    save_checkpoint(path, step=1, model=model, optimizers={}, ema=ema, data_order={}, extras={},
+    save_checkpoint(path, step=1, model=model, optimizers={}, ema=ema, data_order={}, extras={}, rng=[],
                     config=load_config(preset="tiny"))
     ckpt = read_checkpoint(path)
     assert torch.all(model_weights(ckpt, use_ema=True)["weight"] == 5.0)

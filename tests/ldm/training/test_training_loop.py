@@ -16,6 +16,7 @@ from ldm.errors import DataError
 from ldm.tracking import NullTracker, Tracker
 from ldm.training import DivergedError
 from ldm.training.loop import ResumableBatches, Stage, StepLosses, TrainedStage, lr_at, train_stage
+from ldm.training.sharding import StepNoise
 
 CPU = torch.device("cpu")
 
@@ -49,10 +50,10 @@ class RegressionStep:
         x = x + 0.01 * torch.randn_like(x)
         return (self.model(x).squeeze(1) - batch["target"]).pow(2).mean()
 
-    def losses(self, batch: dict[str, Any], step: int) -> StepLosses:
+    def losses(self, batch: dict[str, Any], step: int, noise: StepNoise) -> StepLosses:
         return StepLosses({"model": self._loss(batch)}, {"weight_norm": float(self.model.weight.detach().norm())})
 
-    def val_loss(self, batch: dict[str, Any]) -> Tensor:
+    def val_loss(self, batch: dict[str, Any], noise: StepNoise) -> Tensor:
         return self._loss(batch)
 
     def preview(self, batch: dict[str, Any]) -> Image.Image:
@@ -175,11 +176,11 @@ class GameStep:
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"generator": [self.model.a], "discriminator": [self.model.b]}
 
-    def losses(self, batch: dict[str, Any], step: int) -> StepLosses:
+    def losses(self, batch: dict[str, Any], step: int, noise: StepNoise) -> StepLosses:
         product = (self.model.a * self.model.b).sum()
         return StepLosses({"generator": product, "discriminator": -product}, {"d_loss": -float(product.detach())})
 
-    def val_loss(self, batch: dict[str, Any]) -> Tensor:
+    def val_loss(self, batch: dict[str, Any], noise: StepNoise) -> Tensor:
         return torch.zeros(())
 
     def preview(self, batch: dict[str, Any]) -> Image.Image:
