@@ -25,6 +25,7 @@ from ldm.paths import runs_dir
 from ldm.tracking import NullTracker, Tracker, flatten, main_rank_tracker
 from ldm.training.autoencoder_stage import load_first_stage, train_autoencoder
 from ldm.training.device import Batch, maybe_compile, prepare_module, resolve_device
+from ldm.training.latent_cache import MEAN_KEY, cached_latents, cached_posterior
 from ldm.training.loop import OnEval, PeriodicEval, Stage, StepLosses, TrainedStage, train_stage
 from ldm.training.pipeline import LatentDiffusionPipeline, build_denoiser, encode_latents
 from ldm.training.sharding import StepNoise
@@ -60,8 +61,11 @@ class DiffusionStep:
     def _loss(self, batch: Batch, noise: StepNoise, drop_conditions: bool) -> Tensor:
         pipeline = self.pipeline
         shape = pipeline.first_stage.latent_shape(pipeline.config.data.resolution)
-        x0 = encode_latents(pipeline.first_stage, batch["image"], pipeline.scale_factor,
-                            posterior_noise=noise.randn(*shape))
+        posterior_noise = noise.randn(*shape)
+        if MEAN_KEY in batch:  # a cached posterior (`training.diffusion.cache_latents`)
+            x0 = cached_posterior(batch).sample(noise=posterior_noise) * pipeline.scale_factor
+        else:
+            x0 = encode_latents(pipeline.first_stage, batch["image"], pipeline.scale_factor, posterior_noise)
         cond = pipeline.condition(pipeline.conditioner.inputs_from_batch(batch))
         dropped = noise.rand() < self.p_uncond
         if drop_conditions and cond is not None:
@@ -115,8 +119,12 @@ def train_diffusion(cfg: ExperimentConfig, workdir: Path, tracker: Tracker = Nul
     folder = run_dir(cfg, workdir)
     if ranks.is_main:
         cfg.save(folder / "config.yaml")
-    stage = Stage(name="diffusion", settings=cfg.training.diffusion, metric_prefix="diffusion",
-                  val_metric="val_loss", model=denoiser, step=step, train_data=train, val_data=val,
+    settings = cfg.training.diffusion
+    train_data = (cached_latents(pipeline.first_stage, train, cfg.data, workdir, device,
+                                 settings.micro_batch_size or settings.batch_size)
+                  if settings.cache_latents else train)
+    stage = Stage(name="diffusion", settings=settings, metric_prefix="diffusion",
+                  val_metric="val_loss", model=denoiser, step=step, train_data=train_data, val_data=val,
                   checkpoint=folder / CHECKPOINT_NAME, extras=extras, preview_key="diffusion_samples")
     every = cfg.evaluation.fid_every
     periodic = (PeriodicEval(every, lambda _step: intermediate(pipeline))

@@ -38,6 +38,7 @@ class ConcatConditioner(Conditioner, kind="concat"):
     """The masked latent and the mask at latent size; null = zeros. Requests must give masked_images and masks."""
 
     needs = "mask"
+    reads_images = True
     accepts = frozenset({"masked_images", "masks"})
 
     def __init__(self, latent_shape: tuple[int, int, int]) -> None:
