@@ -186,6 +186,9 @@ class SweepSpec(_SpecModel):
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     heartbeat_s: int = Field(10, ge=1, description="how often a running trial's worker proves it is alive")
     grace_s: int = Field(60, ge=1, description="silence after which any worker fails and re-queues the trial")
+    gpus_per_trial: int = Field(
+        1, ge=1, description="ranks per trial: above 1 each trial runs under torchrun on that many GPUs of its "
+        "worker's own (CPU processes where there are no GPUs)")
 
     @field_validator("seeds")
     @classmethod

@@ -34,6 +34,7 @@ from ldm.tracking.runs import resolve_tracking_uri
 from sweeps import runs
 from sweeps.objective import Reporter, TrialFn, run_trial
 from sweeps.spec import SweepSpec, TrialPoint
+from sweeps.trial_job import RankFailure, TrialJob, run_on_ranks
 from sweeps.liveness import Liveness, worker_identity
 from sweeps.resume import plan_resume, previous_attempt
 from sweeps.study import (
@@ -226,7 +227,13 @@ def _run(job: WorkerJob, study: optuna.Study, trial: optuna.Trial, point: TrialP
             log(plan.line)
         runs.describe_trial_run(tracker, cfg, trial_dir / "config.yaml")
         with stop.interruptible():
-            metrics = trial_fn(cfg, job.workdir, tracker, _reporter(spec, trial), plan.resume)
+            if spec.gpus_per_trial > 1:
+                metrics = run_on_ranks(TrialJob(
+                    spec=spec, config_yaml=cfg.to_yaml(), workdir=job.workdir, tracking_uri=job.tracking.tracking_uri,
+                    run_id=tracker.run_id, resume=plan.resume, trial_fn=job.trial_fn, storage=job.storage,
+                    trial_id=trial._trial_id, result=trial_dir / "result.json"), spec.gpus_per_trial)  # noqa: SLF001
+            else:
+                metrics = trial_fn(cfg, job.workdir, tracker, pruning_reporter(spec, trial), plan.resume)
         values = spec.objective_values(metrics)
     except optuna.TrialPruned as e:
         return _Ending(TrialState.PRUNED, TrialOutcome.PRUNED, str(e) or "pruned")
@@ -234,7 +241,8 @@ def _run(job: WorkerJob, study: optuna.Study, trial: optuna.Trial, point: TrialP
         return _Ending(TrialState.FAIL, TrialOutcome.INTERRUPTED, INTERRUPTED)
     except Exception as e:
         traceback_file = trial_dir / "traceback.txt"
-        atomic_write_text(traceback_file, traceback.format_exc())
+        atomic_write_text(traceback_file, (e.rank_traceback if isinstance(e, RankFailure) else None)
+                          or traceback.format_exc())
         return _Ending(TrialState.FAIL, TrialOutcome.FAILED, f"{type(e).__name__}: {e}"[:500], files=(traceback_file,))
     metrics_file = trial_dir / "metrics.json"
     atomic_write_text(metrics_file, json.dumps(metrics, indent=2, sort_keys=True))
@@ -249,7 +257,8 @@ def _trial_config(job: WorkerJob, point: TrialPoint, number: int) -> ExperimentC
     return cfg
 
 
-def _reporter(spec: SweepSpec, trial: optuna.Trial) -> Reporter:
+def pruning_reporter(spec: SweepSpec, trial: optuna.Trial) -> Reporter:
+    """Intermediate values of `spec.prune_on` go to the trial; a pruned trial raises `optuna.TrialPruned`."""
     def report(metric: str, value: float, step: int) -> None:
         if spec.pruner == "none" or metric != spec.prune_on:
             return
@@ -336,9 +345,10 @@ def run_sweep(spec: SweepSpec, workdir: Path, n_trials: int | None = None, worke
     if workers < 1:
         raise UserError(f"workers={workers} is not allowed; allowed: >= 1")
     fn_path = trial_fn_path(trial_fn)
-    if workers > 1 and resolve_trial_fn(fn_path) is not trial_fn:
-        raise UserError(f"trial function {fn_path} cannot run in worker processes; with workers > 1 pass a "
-                        "module-level function")
+    if (workers > 1 or spec.gpus_per_trial > 1) and resolve_trial_fn(fn_path) is not trial_fn:
+        raise UserError(f"trial function {fn_path} cannot run in worker processes; with workers > 1 or "
+                        "gpus_per_trial > 1 pass a module-level function")
+    check_gpus(visible_gpus(), workers, spec.gpus_per_trial)
     budget = spec.trial_budget(n_trials)
     directory = study_dir(workdir, spec.name)
     location = storage_location(spec.name, workdir, storage)
@@ -419,7 +429,7 @@ def _run_worker_processes(job: WorkerJob, workers: int, stop: StopSignals, log: 
     gpus = visible_gpus()
     try:
         children = [subprocess.Popen([sys.executable, "-m", "sweeps.workers", str(job_file), str(i)],
-                                     env=worker_env(i, gpus)) for i in range(workers)]
+                                     env=worker_env(i, gpus, job.spec.gpus_per_trial)) for i in range(workers)]
         stop.forward_to(children)
         for i, child in enumerate(children):
             code = child.wait()
@@ -438,10 +448,20 @@ def visible_gpus() -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
-def worker_env(index: int, gpus: list[str]) -> dict[str, str]:
-    """Worker `index` sees one GPU of its own (round robin) when several are visible."""
+def check_gpus(gpus: list[str], workers: int, per_trial: int) -> None:
+    """Trials of several ranks get GPUs of their own: W workers x k ranks need W x k visible GPUs (or none: CPU)."""
+    if per_trial > 1 and gpus and len(gpus) < workers * per_trial:
+        raise UserError(f"--workers {workers} x gpus_per_trial={per_trial} needs {workers * per_trial} GPUs, "
+                        f"{len(gpus)} visible ({','.join(gpus)}); allowed: --workers <= {len(gpus) // per_trial}")
+
+
+def worker_env(index: int, gpus: list[str], per_trial: int = 1) -> dict[str, str]:
+    """Worker `index` sees GPUs of its own: one (round robin) for single-rank trials, else its own block of
+    `per_trial`, so that no two workers' trials share a GPU."""
     env = dict(os.environ)
-    if len(gpus) > 1:
+    if per_trial > 1 and gpus:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus[index * per_trial:(index + 1) * per_trial])
+    elif len(gpus) > 1:
         env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
     return env
 

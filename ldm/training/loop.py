@@ -242,8 +242,9 @@ def train_stage(stage: Stage, cfg: ExperimentConfig, device: torch.device, track
                         metrics[stage.val_metric] = _mean_val_loss(stage.step, val_batches, seed)
                 tracker.log_metrics(metrics, step=step)
                 progress.update(step, metrics)
-                if val_batches and on_eval is not None:
-                    on_eval("val_loss", metrics[stage.val_metric], step)
+                if on_eval is not None:
+                    _decided_on_main(ranks, lambda: stage.val_metric in metrics
+                                     and on_eval("val_loss", metrics[stage.val_metric], step))
                 window = _Window()
             else:
                 progress.update(step)
@@ -254,12 +255,25 @@ def train_stage(stage: Stage, cfg: ExperimentConfig, device: torch.device, track
                 with _averaged(stage.model, ema), _evaluation(stage.model, device, seed):
                     measured = periodic.measure(step)  # on every rank: generation is sharded
                 tracker.log_metrics(measured, step=step)
-                for name, value in measured.items():
-                    if on_eval is not None and ranks.is_main:
-                        on_eval(name, value, step)
+                if on_eval is not None:
+                    _decided_on_main(ranks, lambda: [on_eval(name, value, step) for name, value in measured.items()])
     ranks.barrier()  # rank 0's last checkpoint is complete before any rank reads it
     return TrainedStage(ema=ema, images_per_s=timing["images"] / max(timing["seconds"], 1e-9),
                         train_seconds=timing["seconds"])
+
+
+def _decided_on_main(ranks: Ranks, decide: Callable[[], object]) -> None:
+    """Run `decide` (a pruner's report) on rank 0; an exception it raises (the trial pruned) is raised on every
+    rank, so that no rank waits for the others in a collective that will not come."""
+    raised: BaseException | None = None
+    if ranks.is_main:
+        try:
+            decide()
+        except Exception as e:
+            raised = e
+    raised = ranks.broadcast_object(raised)  # type: ignore[assignment]
+    if raised is not None:
+        raise raised
 
 
 def _validation_batches(stage: Stage, settings: StageTrainingConfig, device: torch.device) -> list[Batch]:
