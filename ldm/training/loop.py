@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ldm.artifacts import log_periodic_checkpoint
 from ldm.config import ExperimentConfig, StageTrainingConfig
+from ldm.data.base import loader_workers
 from ldm.errors import DataError
 from ldm.tracking import Tracker
 from ldm.training import DivergedError
@@ -193,8 +194,10 @@ def train_stage(stage: Stage, cfg: ExperimentConfig, device: torch.device, track
 
     sampler = ResumableBatches(len(stage.train_data), settings.batch_size, seed, start)
     # Private generators: a DataLoader otherwise draws its worker seed from the global stream the steps use,
-    # which would shift a resumed run's random numbers.
-    batches = iter(DataLoader(stage.train_data, batch_sampler=sampler, num_workers=cfg.training.num_workers,
+    # which would shift a resumed run's random numbers. Workers return batches in the sampler's order, and the
+    # endless sampler is iterated once, so workers (kept for the whole stage) change nothing a resume sees.
+    workers = loader_workers(cfg.training.num_workers, stage.train_data)
+    batches = iter(DataLoader(stage.train_data, batch_sampler=sampler, num_workers=workers,
                               generator=torch.Generator().manual_seed(seed), pin_memory=device.type == "cuda"))
     val_loader = DataLoader(stage.val_data, batch_size=settings.batch_size, generator=torch.Generator())
     val_batches = [batch_to(b, device) for b in itertools.islice(val_loader, settings.val_batches)]
