@@ -11,6 +11,7 @@ from torch_fidelity import FeatureExtractorBase, register_feature_extractor
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from ldm.config import DataConfig, ExtractorName
+from ldm.data.catalog import OWN_FILES
 from ldm.errors import UserError
 
 
@@ -48,8 +49,8 @@ def register_once(name: str, cls: type[FeatureExtractorBase]) -> None:
 
 def data_identity(data: DataConfig) -> dict[str, object]:
     """The data fields that decide which images a split holds, for naming files derived from them."""
-    # Where data live does not change the images, except for a folder dataset, whose root is the data.
-    excluded = {"download", "skip_bad_files"} | ({"root"} if data.name != "folder" else set())
+    # Where data live does not change the images, except for the user's own files, whose root is the data.
+    excluded = {"download", "skip_bad_files"} | ({"root"} if data.name not in OWN_FILES else set())
     return data.model_dump(mode="json", exclude=excluded)
 
 
