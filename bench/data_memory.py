@@ -6,8 +6,10 @@ folder (`data.max_train_items: null`, 32 px, RGB) in a fresh process, with a wor
 reports its peak resident set (getrusage ru_maxrss) and the largest one of its DataLoader workers (VmRSS from
 /proc, sampled every 0.1 s; forked workers share most of those pages with the trainer). `lazy` is the folder
 dataset as it is (`training.num_workers: null`, i.e. auto); `in-memory` decodes every split into one uint8
-tensor first, the path the lazy dataset replaced. Also timed, on the largest folder: listing it, the
-readability check of `data.skip_bad_files` (Image.open + verify) and decoding every file, warm page cache.
+tensor first, the path the lazy dataset replaced; `webdataset` trains on the largest folder written as shards
+of 1,000 samples (`ldm.data.shards.write_shards`). Also timed, on the largest folder: listing it, the
+readability check of `data.skip_bad_files` (Image.open + verify), decoding every file, and indexing its shards,
+with a warm page cache.
 
     python -m bench.data_memory                         # 2,000 and 20,000 images: about 3 minutes on 2 cores
     python -m bench.data_memory --sizes 1000,10000 --data /tmp/folders
@@ -36,11 +38,25 @@ from bench.harness import Report, add_common_arguments, positive_ints, run_scrip
 from ldm.config import DataConfig, Override, Split, load_config
 from ldm.paths import resolve_workdir
 
-MODES = ("lazy", "in-memory")
+MODES = ("lazy", "in-memory", "webdataset")
 SIDE = 32
 CLASSES = 10
 _COMPLETE = ".complete"  # written last: a folder without it was interrupted and is written again
 _SAMPLE_SECONDS = 0.1
+SAMPLES_PER_SHARD = 1000
+
+
+def shards_of(folder: Path) -> Path:
+    """`folder` as WebDataset shards in `<folder>-shards/`, written once."""
+    from ldm.data.shards import write_shards
+
+    dest = folder.with_name(f"{folder.name}-shards")
+    if not (dest / _COMPLETE).is_file():
+        for stale in dest.glob("*.tar"):  # an interrupted write
+            stale.unlink()
+        write_shards(folder, dest, SAMPLES_PER_SHARD)
+        (dest / _COMPLETE).touch()
+    return dest
 
 
 def image_folder(data: Path, count: int) -> Path:
@@ -57,13 +73,14 @@ def image_folder(data: Path, count: int) -> Path:
 
 
 def train_once(root: Path, mode: str, threads: int) -> dict[str, float]:
-    """Both micro stages on `root` in this process; returns its peak RSS and its workers' in MB."""
+    """Both micro stages on `root` (a folder, or shards in mode webdataset) in this process; returns its peak RSS
+    and its workers' in MB."""
     from ldm.data.base import ImageDataset, TensorImageDataset
     from ldm.data.registry import build_dataset
     from ldm.training import autoencoder_stage, diffusion_stage
 
     torch.set_num_threads(threads)
-    overrides = {"data.name": "folder", "data.root": str(root), "data.resolution": SIDE, "data.channels": 3,
+    overrides = {"data.name": "webdataset" if mode == "webdataset" else "folder", "data.root": str(root), "data.resolution": SIDE, "data.channels": 3,
                  "data.max_train_items": None, "tracking.enabled": False}
     cfg = load_config(preset="micro", overrides=[Override(k, v) for k, v in overrides.items()])
 
@@ -123,9 +140,11 @@ def measure_in_child(root: Path, mode: str, threads: int) -> dict[str, float]:
 
 
 def file_costs(root: Path) -> list[dict[str, object]]:
-    """Seconds to list `root`, to check every file as skip_bad_files does, and to decode every file."""
+    """Seconds to list folder `root` (first in this process), to check every file as skip_bad_files does and to
+    decode every file, and to index the same images as shards."""
     from ldm.data.encoded import EncodedImageDataset
     from ldm.data.folder import index_folder
+    from ldm.data.shards import build_webdataset
 
     tic = time.perf_counter()
     files = index_folder(root)
@@ -139,11 +158,15 @@ def file_costs(root: Path) -> list[dict[str, object]]:
     for i in range(len(dataset)):
         dataset.uint8_image(i)
     decoded = time.perf_counter() - tic
+    shards = shards_of(root)
+    tic = time.perf_counter()
+    build_webdataset(DataConfig(name="webdataset", root=shards), "train", shards)
+    indexed = time.perf_counter() - tic
     assert len(kept) == len(files)
     return [{"step": step, "files": len(files), "seconds": round(seconds, 2),
              "us_per_file": round(seconds / len(files) * 1e6, 1)}
             for step, seconds in (("list (os.walk)", listed), ("check (open + verify)", checked),
-                                  ("decode + fit (uint8_image)", decoded))]
+                                  ("decode + fit (uint8_image)", decoded), ("index shards (headers, cls)", indexed))]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -165,23 +188,26 @@ def main(argv: list[str] | None = None) -> int:
     report = Report("data_memory", args, device)
     data = args.data or resolve_workdir(args.workdir) / "bench" / "data_memory"
     roots = {size: image_folder(data, size) for size in args.sizes}
-    runs = [(size, mode) for size in args.sizes for mode in MODES if mode == "lazy" or size == max(args.sizes)]
+    small, large = min(args.sizes), max(args.sizes)
+    costs = file_costs(roots[large])
+    runs = [(size, mode) for size in args.sizes for mode in MODES if mode == "lazy" or size == large]
     rows, peaks = [], {}
     for size, mode in runs:
         print(f"training on {size} images, {mode} ...", file=sys.stderr, flush=True)
-        measured = [measure_in_child(roots[size], mode, args.threads) for _ in range(args.repeats)]
+        root = shards_of(roots[size]) if mode == "webdataset" else roots[size]
+        measured = [measure_in_child(root, mode, args.threads) for _ in range(args.repeats)]
         peaks[size, mode] = statistics.median(m["rss_mb"] for m in measured)
         rows.append({"images": size, "mode": mode, "peak_rss_mb": round(peaks[size, mode], 1),
                      "workers_peak_rss_mb": round(statistics.median(m["workers_rss_mb"] for m in measured), 1),
                      "seconds": round(statistics.median(m["seconds"] for m in measured), 1)})
     report.table("Peak RSS of `micro` training (both stages) on a folder of 32x32 PNGs, each in a fresh process",
                  rows)
-    small, large = min(args.sizes), max(args.sizes)
     if small != large:
         report.details["lazy_rss_ratio"] = peaks[large, "lazy"] / peaks[small, "lazy"]
         report.note(f"lazy peak RSS at {large} / at {small} images: {report.details['lazy_rss_ratio']:.3f}")
-    report.note(f"in-memory / lazy peak RSS at {large} images: {peaks[large, 'in-memory'] / peaks[large, 'lazy']:.3f}")
-    report.table(f"Per-file costs on {large} images (warm page cache)", file_costs(roots[large]))
+    for mode in ("in-memory", "webdataset"):
+        report.note(f"{mode} / lazy folder peak RSS at {large} images: {peaks[large, mode] / peaks[large, 'lazy']:.3f}")
+    report.table(f"Per-file costs on {large} images (warm page cache)", costs)
     report.save()
     return 0
 
