@@ -20,7 +20,7 @@ from typing import BinaryIO, ClassVar
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from ldm.config import DataConfig, Split
@@ -29,6 +29,16 @@ from ldm.errors import DataError
 
 # What PIL raises for a file it cannot parse: SyntaxError and struct.error escape from some plugins' verify().
 _UNREADABLE = (OSError, ValueError, SyntaxError, struct.error, Image.DecompressionBombError)
+
+
+class UnreadableImageError(DataError):
+    """An image file that cannot be decoded; its message stays one line when a DataLoader worker raised it."""
+
+    def __init__(self, message: str) -> None:
+        # A worker's exception is raised again in the training process as type(text), the text ending in the
+        # worker's traceback, whose last line is "module.Type: message"; the message is what a user needs.
+        last = message.rstrip().splitlines()[-1]
+        super().__init__(last.removeprefix(f"{type(self).__module__}.{type(self).__qualname__}: "))
 
 
 class EncodedFiles(ABC):
@@ -58,7 +68,7 @@ class EncodedFiles(ABC):
                     image.verify()
                 self._readable[index] = True
             except _UNREADABLE as e:
-                warnings.warn(f"skipping unreadable image '{self.file_name(index)}': {e}", stacklevel=2)
+                warnings.warn(f"skipping unreadable image '{self.file_name(index)}': {_reason(e)}", stacklevel=2)
                 self._readable[index] = False
         return indices[[self._readable[int(i)] for i in indices]]
 
@@ -84,8 +94,14 @@ class EncodedImageDataset(ImageDataset):
         except _UNREADABLE as e:
             advice = ("it passed the check when the split was built; fix or remove it" if self.checked else
                       "fix or remove it, or leave such files out with -o data.skip_bad_files=true")
-            raise DataError(f"cannot read image '{self.files.file_name(source)}' ({e}); {advice}") from None
+            raise UnreadableImageError(f"cannot read image '{self.files.file_name(source)}' ({_reason(e)}); "
+                                       f"{advice}") from None
         return fit_images(rgb[None], self.resolution, self.channels)[0]
+
+
+def _reason(error: Exception) -> str:
+    # PIL's own text names the file object it was given (a BytesIO for a shard), not the file.
+    return "not an image format PIL can identify" if isinstance(error, UnidentifiedImageError) else str(error)
 
 
 def encoded_split(files: EncodedFiles, cfg: DataConfig, split: Split) -> EncodedImageDataset:

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from ldm.config import DataConfig, Override, load_config
 from ldm.data.base import ImageDataset, loader_workers
 from ldm.data.catalog import dataset_provides
+from ldm.data.encoded import UnreadableImageError
 from ldm.data.folder import ROOT_CLASS, index_folder
 from ldm.data.registry import build_dataset
 from ldm.errors import DataError
@@ -92,6 +93,17 @@ def test_unreadable_file_fails_when_loaded_or_is_left_out_of_its_split(tmp_path:
     # The readable files keep their splits: the bad one leaves its split and moves no other file.
     for before, after in zip(lazy, checked, strict=True):
         assert set(after.source_indices.tolist()) == set(before.source_indices.tolist()) - {3}
+
+
+def test_an_unreadable_file_is_a_one_line_error_from_a_worker_too(tmp_path: Path) -> None:
+    root = tmp_path / "images"
+    _gray_pngs(root, 10)
+    (root / "c" / "3.png").write_bytes(b"not a png")
+    train = build_dataset(DataConfig(name="folder", root=root, resolution=8, holdout_items=1), "train", tmp_path)
+    with pytest.raises(UnreadableImageError) as raised:
+        list(DataLoader(train, batch_size=len(train), num_workers=1))
+    assert re.fullmatch(r"cannot read image '.*3\.png' \(.*\); fix or remove it, or leave such files out with "
+                        r"-o data\.skip_bad_files=true", str(raised.value))
 
 
 def test_a_file_that_passes_the_check_but_cannot_be_decoded_is_an_error(tmp_path: Path) -> None:
