@@ -1,30 +1,25 @@
 """WebDataset tar shards (`data.name: webdataset`), read by random access through an index of their members.
 
-A sample is the files of a shard that share a key (webdataset's rule: the member's path up to the first `.`
-of its file name): one image (`jpg`, `png`, `webp`, ...) and, optionally, `cls` (an integer label) and `txt`
-(a caption), the same keys in every sample. The shards are `data.shards`, a brace pattern such as
-`/data/train-{000000..000099}.tar` (expanded by webdataset), else every `*.tar` directly in `data.root`, in
-sorted order. Labels are the `cls` numbers themselves and the class names their decimal strings, so label 7
-stays 7 in every subset of the shards.
+A sample (`ldm.data.shard_index`) is one image (`jpg`, `png`, `webp`, ...) and, optionally, `cls` (an integer
+label) and `txt` (a caption), the same keys in every sample as in the first. The shards are `data.shards`, a
+brace pattern such as `/data/train-{000000..000099}.tar` (expanded by webdataset), else every `*.tar` directly
+in `data.root`, in sorted order. Labels are the `cls` numbers themselves and the class names their decimal
+strings, so label 7 stays 7 in every subset of the shards.
 
-Why an index and not a stream: listing a shard's members reads its headers only (tarfile seeks over the
-data of an uncompressed tar) and gives each image's byte offset; `uint8_image(i)` then reads one member with
-one seek, in a DataLoader worker. The samples are thus numbered (shard by shard, in member order), and all
-that works on numbered items works unchanged: the seeded item-level splits of `ldm.data.encoded`, the seeded
-epoch permutations and exact resume of the training loop's `ResumableBatches`, and `uint8_image` for FID
-reference sets. A stream would need shard-level splits, a shuffle buffer and a stored stream position. The
-price: shards must be uncompressed `.tar` files on a local or shared filesystem, not URLs. A set of shards is
-indexed once per process (again when a shard's size or modification time changes); `cls` and `txt` members
-are read then, images never.
+Why an index and not a stream: listing a shard's members gives each image's byte offset without reading
+the images, and `uint8_image(i)` then reads one member with one seek, in a DataLoader worker. The samples
+are thus numbered (shard by shard, in member order), and all that works on numbered items works unchanged:
+the seeded item-level splits of `ldm.data.encoded`, the seeded epoch permutations and exact resume of the
+training loop's `ResumableBatches`, and `uint8_image` for FID reference sets. A stream would need
+shard-level splits, a shuffle buffer and a stored stream position. The price: shards must be uncompressed
+`.tar` files on a local or shared filesystem, not URLs. Each shard is listed once (its list is cached on
+disk) and a set of shards assembled once per process.
 """
 
 from __future__ import annotations
 
 import functools
 import io
-import re
-import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -36,23 +31,18 @@ from ldm.config import DataConfig, Split
 from ldm.data.base import data_root
 from ldm.data.encoded import EncodedFiles, EncodedImageDataset, encoded_split, packed_strings
 from ldm.data.folder import index_folder
+from ldm.data.shard_index import CAPTION_EXTENSION, LABEL_EXTENSION, ShardSample, grouped_members, shard_samples
 from ldm.errors import DataError
 from ldm.io import atomic_path
+from ldm.paths import cache_dir
 
-# Image extensions a sample may carry, most usual first; a sample's first one (in this order) is its image.
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "ppm", "pgm", "bmp", "tif", "tiff", "gif")
-LABEL_EXTENSION, CAPTION_EXTENSION = "cls", "txt"
 SHARD_NAME = "shard-{:06d}.tar"
-# webdataset's `base_plus_ext`: the key is everything up to the first "." of the file name.
-_KEY_AND_EXTENSION = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
-
-Sample = tuple[str, dict[str, tarfile.TarInfo]]
 
 
 class ShardFiles(EncodedFiles):
     """Every sample of a set of shards: where its image lies (shard, byte offset, size), its label and caption."""
 
-    def __init__(self, location: str, shards: list[Path], samples: list[tuple[int, tarfile.TarInfo]],
+    def __init__(self, location: str, shards: list[Path], samples: list[tuple[int, ShardSample]],
                  labels: list[int] | None, captions: list[str] | None) -> None:
         class_names = [str(k) for k in range(max(labels) + 1)] if labels else []
         super().__init__(location=location, class_names=class_names,
@@ -60,9 +50,9 @@ class ShardFiles(EncodedFiles):
                          captions=captions)
         self.shards = packed_strings(str(shard) for shard in shards)
         self.shard = np.array([shard for shard, _ in samples], dtype=np.int32)
-        self.offset = np.array([member.offset_data for _, member in samples], dtype=np.int64)
-        self.size = np.array([member.size for _, member in samples], dtype=np.int64)
-        self.members = packed_strings(member.name for _, member in samples)
+        self.offset = np.array([sample.offset for _, sample in samples], dtype=np.int64)
+        self.size = np.array([sample.size for _, sample in samples], dtype=np.int64)
+        self.members = packed_strings(sample.image for _, sample in samples)
 
     def __len__(self) -> int:
         return len(self.offset)
@@ -78,7 +68,8 @@ class ShardFiles(EncodedFiles):
 
 def build_webdataset(cfg: DataConfig, split: Split, workdir: Path) -> EncodedImageDataset:
     shards = shard_paths(cfg.shards, data_root(cfg, workdir))
-    return encoded_split(_index(tuple(shards), tuple(_stamp(shard) for shard in shards)), cfg, split)
+    stamps = tuple((stat.st_size, stat.st_mtime_ns) for stat in (shard.stat() for shard in shards))
+    return encoded_split(_index(tuple(shards), stamps, cache_dir(workdir)), cfg, split)
 
 
 def shard_paths(pattern: str | None, root: Path) -> list[Path]:
@@ -97,76 +88,32 @@ def shard_paths(pattern: str | None, root: Path) -> list[Path]:
     return paths
 
 
-def _stamp(path: Path) -> tuple[int, int]:
-    stat = path.stat()
-    return stat.st_size, stat.st_mtime_ns
-
-
-def samples_of(path: Path) -> Iterator[Sample]:
-    """(key, members by lower-case extension) of each sample in shard `path`, in member order."""
-    try:
-        with tarfile.open(path, "r:") as tar:
-            key, members = None, {}
-            for member in tar:
-                match = _KEY_AND_EXTENSION.match(member.name) if member.isreg() else None
-                if match is None:
-                    continue
-                if match.group(1) != key:
-                    if key is not None:
-                        yield key, members
-                    key, members = match.group(1), {}
-                members[match.group(2).lower()] = member
-            if key is not None:
-                yield key, members
-    except (tarfile.TarError, OSError) as e:
-        raise DataError(f"cannot read shard '{path}' ({e}); allowed: uncompressed .tar files") from None
-
-
 @functools.lru_cache(maxsize=4)
-def _index(shards: tuple[Path, ...], stamps: tuple[tuple[int, int], ...]) -> ShardFiles:
+def _index(shards: tuple[Path, ...], stamps: tuple[tuple[int, int], ...], cache: Path) -> ShardFiles:
     # `stamps` (size, mtime of each shard) are part of the cache key only: a rewritten shard is indexed again.
-    first = _first_sample(shards[0])
-    wants = {ext for ext in (LABEL_EXTENSION, CAPTION_EXTENSION) if first is not None and ext in first[1]}
-    images: list[tuple[int, tarfile.TarInfo]] = []
-    labels: list[int] = []
-    captions: list[str] = []
-    for number, shard in enumerate(shards):
-        with open(shard, "rb") as f:
-            for key, members in samples_of(shard):
-                where = f"sample '{key}' of shard '{shard}'"
-                image = next((members[ext] for ext in IMAGE_EXTENSIONS if ext in members), None)
-                if image is None:
-                    raise DataError(f"{where} has no image ({', '.join(sorted(members))}); allowed extensions: "
-                                    f"{', '.join(IMAGE_EXTENSIONS)}")
-                lacking = wants - set(members)
-                if lacking:
-                    raise DataError(f"{where} has no {'/'.join(sorted(lacking))}, which the first sample has; "
-                                    "every sample needs the same keys")
-                images.append((number, image))
-                if LABEL_EXTENSION in wants:
-                    labels.append(_label(_read(f, members[LABEL_EXTENSION]), where))
-                if CAPTION_EXTENSION in wants:
-                    captions.append(_read(f, members[CAPTION_EXTENSION]).strip())
-    if not images:
-        raise DataError(f"the shards from '{shards[0]}' on hold no samples")
-    return ShardFiles(str(shards[0].parent), list(shards), images,
-                      labels if LABEL_EXTENSION in wants else None,
-                      captions if CAPTION_EXTENSION in wants else None)
+    listed = [(number, sample) for number, shard in enumerate(shards) for sample in shard_samples(shard, cache)]
+    if not listed:
+        raise DataError(f"the {len(shards)} shard(s) starting with '{shards[0]}' hold no samples")
+    wants = _keys(listed[0][1])
+    for number, sample in listed:
+        lacking = wants - _keys(sample)
+        if lacking:
+            raise DataError(f"sample '{sample.key}' of shard '{shards[number]}' has no {'/'.join(sorted(lacking))}, "
+                            "which the first sample has; every sample needs the same keys")
+    return ShardFiles(str(shards[0].parent), list(shards), listed,
+                      [_label(s.label, s.key, shards[n]) for n, s in listed] if LABEL_EXTENSION in wants else None,
+                      [s.caption.strip() for _, s in listed] if CAPTION_EXTENSION in wants else None)
 
 
-def _first_sample(shard: Path) -> Sample | None:
-    return next(samples_of(shard), None)
+def _keys(sample: ShardSample) -> set[str]:
+    return {ext for ext, text in ((LABEL_EXTENSION, sample.label), (CAPTION_EXTENSION, sample.caption))
+            if text is not None}
 
 
-def _read(f: BinaryIO, member: tarfile.TarInfo) -> str:
-    f.seek(member.offset_data)
-    return f.read(member.size).decode("utf-8")
-
-
-def _label(text: str, where: str) -> int:
+def _label(text: str, key: str, shard: Path) -> int:
     digits = text.strip()
     if not (digits.isascii() and digits.isdigit()):
-        raise DataError(f"{where} has cls '{digits}'; allowed: an integer >= 0")
+        raise DataError(f"sample '{key}' of shard '{shard}' has cls '{digits}'; allowed: an integer >= 0")
     return int(digits)
 
 
@@ -175,13 +122,12 @@ def shard_provides(root: Path | None, shards: str | None) -> frozenset[str]:
     if root is None and shards is None:  # the default root lies in a work folder, unknown here
         return frozenset()
     try:
-        first = _first_sample(shard_paths(shards, Path(root or "."))[0])  # root only counts without shards
+        # root only counts without shards
+        _, members = next(grouped_members(shard_paths(shards, Path(root or "."))[0]), ("", {}))
     except DataError:
         return frozenset()
-    if first is None:
-        return frozenset()
     keys = {LABEL_EXTENSION: "label", CAPTION_EXTENSION: "caption"}
-    return frozenset(keys[ext] for ext in keys if ext in first[1])
+    return frozenset(keys[ext] for ext in keys if ext in members)
 
 
 def write_shards(source: Path, dest: Path, per_shard: int) -> list[Path]:

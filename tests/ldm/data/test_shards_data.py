@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import re
 import tarfile
 from pathlib import Path
@@ -17,7 +18,7 @@ from torch.utils.data import DataLoader
 from ldm.config import DataConfig, Override, load_config
 from ldm.data.catalog import dataset_provides
 from ldm.data.registry import build_dataset, data_config
-from ldm.data.shards import write_shards
+from ldm.data.shards import _index, write_shards
 from ldm.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -114,3 +115,19 @@ def test_shards_are_written_into_a_new_folder_only(tmp_path: Path, image_tree: I
         write_shards(tmp_path / "images", shards, 2)
     write_shards(tmp_path / "images", tmp_path / "again", 2)
     assert (tmp_path / "again" / "shard-000000.tar").read_bytes() == first  # the same bytes on every run
+
+
+def test_a_shard_is_listed_once_until_it_changes(tmp_path: Path, image_tree: ImageTree,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    shards = _shards(tmp_path, image_tree)
+    cfg = DataConfig(name="webdataset", root=shards, resolution=8, val_fraction=0.2)
+    listed = build_dataset(cfg, "train", tmp_path)
+    # Another process: nothing in memory, the cache folder's lists instead of the tar headers.
+    _index.cache_clear()
+    with monkeypatch.context() as m:
+        m.setattr("ldm.data.shard_index.grouped_members", lambda shard: pytest.fail(f"listed {shard} again"))
+        cached = build_dataset(cfg, "train", tmp_path)
+        assert cached.captions == listed.captions and torch.equal(cached.uint8_image(0), listed.uint8_image(0))
+        os.utime(shards / "shard-000001.tar", ns=(1, 1))
+        with pytest.raises(pytest.fail.Exception, match="listed .*shard-000001.tar again"):
+            build_dataset(cfg, "train", tmp_path)
