@@ -52,7 +52,6 @@ class DataConfig(Section):
     skip_bad_files: bool = Field(False, description="check image files when a split is built and leave out the "
                                  "unreadable ones (with a warning) instead of failing when one is loaded")
 
-
     @model_validator(mode="after")
     def _shards_need_webdataset(self) -> DataConfig:
         if self.shards is not None and self.name != "webdataset":
