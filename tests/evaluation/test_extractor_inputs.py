@@ -1,8 +1,13 @@
-"""Images reach torch-fidelity as uint8 RGB whether they arrive as floats in [-1, 1] or as uint8 already."""
+"""Images reach torch-fidelity as uint8 RGB whether they arrive as floats in [-1, 1] or as uint8 already; the data
+identity that names files derived from a split."""
+
+from pathlib import Path
 
 import torch
 
-from evaluation.extractors import to_uint8_rgb
+from evaluation.extractors import data_identity, to_uint8_rgb
+from ldm.config import DataConfig
+from ldm.data.catalog import DatasetName
 
 
 def test_float_and_uint8_inputs_give_the_same_pixels() -> None:
@@ -13,3 +18,13 @@ def test_float_and_uint8_inputs_give_the_same_pixels() -> None:
     assert from_float.shape == (5, 3, 8, 8)
     assert torch.equal(from_float, from_uint8)
     assert torch.equal(from_uint8[:, 2], expected[:, 0])
+
+
+def test_data_identity_keeps_the_root_only_where_it_is_the_data() -> None:
+    def identity(name: DatasetName, root: str) -> dict[str, object]:
+        return data_identity(DataConfig(name=name, root=Path(root)))
+
+    own_files: tuple[DatasetName, ...] = ("folder", "webdataset")
+    for own in own_files:
+        assert identity(own, "/a") != identity(own, "/b")
+    assert identity("mnist", "/a") == identity("mnist", "/b")
