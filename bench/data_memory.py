@@ -80,8 +80,8 @@ def train_once(root: Path, mode: str, threads: int) -> dict[str, float]:
     from ldm.training import autoencoder_stage, diffusion_stage
 
     torch.set_num_threads(threads)
-    overrides = {"data.name": "webdataset" if mode == "webdataset" else "folder", "data.root": str(root), "data.resolution": SIDE, "data.channels": 3,
-                 "data.max_train_items": None, "tracking.enabled": False}
+    overrides = {"data.name": "webdataset" if mode == "webdataset" else "folder", "data.root": str(root),
+                 "data.resolution": SIDE, "data.channels": 3, "data.max_train_items": None, "tracking.enabled": False}
     cfg = load_config(preset="micro", overrides=[Override(k, v) for k, v in overrides.items()])
 
     if mode == "in-memory":
@@ -92,8 +92,8 @@ def train_once(root: Path, mode: str, threads: int) -> dict[str, float]:
                                       labels=lazy.labels, captions=lazy.captions)
 
         # The stages look the builder up in their own modules; this swaps in the decode-everything path.
-        autoencoder_stage.build_dataset = in_memory  # type: ignore[assignment]
-        diffusion_stage.build_dataset = in_memory  # type: ignore[assignment]
+        autoencoder_stage.build_dataset = in_memory
+        diffusion_stage.build_dataset = in_memory
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as workdir, _ChildrenPeak() as workers:
         first_stage = autoencoder_stage.train_autoencoder(cfg, Path(workdir))
