@@ -19,7 +19,7 @@ import torch
 import torch_fidelity
 from torch.utils.data import Dataset
 
-from evaluation.extractors import FidelityExtractor, UInt8Images, check_uint8_rgb, data_identity
+from evaluation.extractors import FidelityExtractor, UInt8Images, check_uint8_rgb
 from evaluation.extractors.domain import DomainFeatureExtractor, resolve_domain
 from evaluation.extractors.inception import resolve_inception
 from evaluation.report_card import META_KEY, MetricsReport
@@ -109,7 +109,7 @@ def reference_set(data: DataConfig, split: Split, size: int, seed: int, workdir:
                         f"allowed: <= {len(dataset)}, or another evaluation.reference_split")
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
     indices = order[:size]
-    digest = hashlib.sha256(json.dumps(data_identity(data), sort_keys=True).encode()).hexdigest()[:8]
+    digest = hashlib.sha256(json.dumps(data.identity(), sort_keys=True).encode()).hexdigest()[:8]
     stem = f"ref-{data.name}-{split}-{data.resolution}px-{data.channels}ch-n{len(indices)}-seed{seed}-{digest}"
     return ReferenceSet(dataset, indices, stem)
 

@@ -46,13 +46,6 @@ def register_once(name: str, cls: type[FeatureExtractorBase]) -> None:
         raise RuntimeError(f"torch-fidelity feature extractor '{name}' is already taken by {existing!r}")
 
 
-def data_identity(data: DataConfig) -> dict[str, object]:
-    """The data fields that decide which images a split holds, for naming files derived from them."""
-    # Where data live does not change the images, except for a folder dataset, whose root is the data.
-    excluded = {"download", "skip_bad_files"} | ({"root"} if data.name != "folder" else set())
-    return data.model_dump(mode="json", exclude=excluded)
-
-
 def to_uint8_rgb(images: torch.Tensor) -> torch.Tensor:
     """(N, C, H, W) images, float in [-1, 1] or already uint8, C in {1, 3} -> uint8 (N, 3, H, W) for torch-fidelity."""
     if images.dim() != 4 or images.shape[1] not in (1, 3):

@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torch_fidelity import FeatureExtractorBase
 
-from evaluation.extractors import FidelityExtractor, check_uint8_rgb, data_identity, register_once
+from evaluation.extractors import FidelityExtractor, check_uint8_rgb, register_once
 from ldm.config import DataConfig
 from ldm.data.catalog import dataset_provides
 from ldm.data.registry import build_dataset
@@ -76,7 +76,7 @@ class DomainClassifier(nn.Module):
 
 def classifier_path(data: DataConfig, workdir: Path, recipe: DomainRecipe = DEFAULT_RECIPE) -> Path:
     # The train cap is left out: the classifier always learns from the whole train split.
-    identity = {field: value for field, value in data_identity(data).items() if field != "max_train_items"}
+    identity = {field: value for field, value in data.identity().items() if field != "max_train_items"}
     key = json.dumps({"data": identity, "recipe": asdict(recipe)}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:10]
     return cache_dir(workdir) / "domain" / f"{data.name}-{data.resolution}-{data.channels}-{digest}.pt"

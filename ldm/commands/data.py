@@ -1,4 +1,4 @@
-"""`ldm data`: list datasets and render labelled sample grids."""
+"""`ldm data`: list datasets, render labelled sample grids, write a folder as WebDataset shards."""
 
 from __future__ import annotations
 
@@ -50,3 +50,17 @@ def show(
     save_image_atomic(grid, path)
     typer.echo(f"wrote {path}: {min(n, len(dataset))} of {len(dataset)} {split} images, "
                f"{grid.width}x{grid.height} px")
+
+
+@app.command("shards")
+def shards(
+    source: Path = typer.Argument(..., help="A folder dataset: images in class sub-folders, optional captions.csv."),
+    dest: Path = typer.Argument(..., help="New folder for shard-000000.tar, shard-000001.tar, ..."),
+    per_shard: int = typer.Option(1000, "--per-shard", min=1, help="Samples per shard."),
+) -> None:
+    """Write a folder of images as WebDataset shards (image bytes, cls = class number, txt = caption)."""
+    from ldm.data.shards import write_shards
+
+    written = write_shards(source, dest, per_shard)
+    typer.echo(f"wrote {len(written)} shard(s) to {dest}; train on them with -o data.name=webdataset "
+               f"-o data.root={dest}")

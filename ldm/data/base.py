@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -22,6 +24,9 @@ from ldm.paths import data_dir
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 # Images resized per interpolate call: bounds the float32 working memory for 60,000-image sets.
 _FIT_CHUNK = 4096
+# DataLoader workers of `training.num_workers: null` for a split that decodes files: enough to keep a GPU fed
+# on small images without one process per core of a large machine.
+MAX_AUTO_WORKERS = 8
 
 Item = dict[str, Tensor | str]
 
@@ -33,6 +38,9 @@ class ImageDataset(Dataset[Item], ABC):
     (1 = region to inpaint) where the dataset has them, as named by `provides`. `source_indices[i]` is the
     item's index in the part it was drawn from (the official train or test set, or the whole generated set).
     """
+
+    # True where `uint8_image` reads and decodes a file: work that DataLoader worker processes can take over.
+    decodes_files: ClassVar[bool] = False
 
     def __init__(self, *, source_indices: Tensor, class_names: list[str], labels: Tensor | None,
                  captions: list[str] | None, has_masks: bool = False) -> None:
@@ -100,18 +108,23 @@ def split_indices(cfg: DataConfig, split: Split, pool_size: int, *, carve_test: 
     """Sorted indices of `split` in a pool of `pool_size` items.
 
     A permutation seeded by `data.split_seed` gives `val` (and `test`, when `carve_test`, i.e. the dataset
-    has no official test set) a `data.val_fraction` share each; `train` is the rest, capped at
-    `data.max_train_items`.
+    has no official test set) `data.holdout_items` items each, else a `data.val_fraction` share each; `train`
+    is the rest, capped at `data.max_train_items`.
     """
     order = np.random.default_rng(cfg.split_seed).permutation(pool_size)
-    held = max(1, round(cfg.val_fraction * pool_size))
-    held_out = 2 * held if carve_test else held
-    parts = {"val": order[:held], "train": order[held_out:][:cfg.max_train_items]}
-    if carve_test:
-        parts["test"] = order[held:held_out]
-    if len(parts["train"]) == 0:
+    held = cfg.holdout_items if cfg.holdout_items is not None else max(1, round(cfg.val_fraction * pool_size))
+    parts_held = 2 if carve_test else 1
+    if parts_held * held >= pool_size:
+        held_for = "validation and test" if carve_test else "validation"
+        if cfg.holdout_items is not None:
+            raise DataError(f"data.holdout_items={held} leaves no train split: dataset '{cfg.name}' has {pool_size} "
+                            f"items and {held_for} would take {parts_held * held}; allowed: "
+                            f"data.holdout_items <= {(pool_size - 1) // parts_held}")
         raise DataError(f"dataset '{cfg.name}' has only {pool_size} items: too few for a train split after "
-                        f"holding out data.val_fraction={cfg.val_fraction} for validation/test")
+                        f"holding out data.val_fraction={cfg.val_fraction} for {held_for}")
+    parts = {"val": order[:held], "train": order[parts_held * held:][:cfg.max_train_items]}
+    if carve_test:
+        parts["test"] = order[held:2 * held]
     return np.sort(parts[split])
 
 
@@ -136,6 +149,23 @@ def labelled_split(cfg: DataConfig, split: Split, official: OfficialSplits, clas
         labels=labels,
         captions=[caption(offset + int(i), int(y)) for i, y in zip(indices, labels, strict=True)],
     )
+
+
+def loader_workers(requested: int | None, dataset: Dataset) -> int:
+    """DataLoader worker processes: `requested`, or for None (auto) one per spare core (shared by the ranks torchrun
+    started on this node), at most MAX_AUTO_WORKERS, where the items are decoded from files, and none for data in
+    memory (workers would only add start-up time)."""
+    if requested is not None:
+        return requested
+    if not (isinstance(dataset, ImageDataset) and dataset.decodes_files):
+        return 0
+    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(0, min(MAX_AUTO_WORKERS, _usable_cpus() // ranks_here - 1))
+
+
+def _usable_cpus() -> int:
+    # The cores this process may run on (a container's or a batch job's share), where the platform tells.
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def fit_images(images: Tensor, resolution: int, channels: int) -> Tensor:

@@ -1,87 +1,95 @@
-"""Any tree of images under `data.root`, with an optional `captions.csv`.
+"""Any tree of images under `data.root`, with an optional `captions.csv`, decoded one image at a time.
 
 The class of an image is the top-level sub-folder it lies in (however deep); images directly in the root
 belong to the class ".", a name no sub-folder can have. Every image thus has a label, as
 `dataset_provides` promises. With `captions.csv` (header `file,caption`, `file` relative to the root with
 `/` separators) every image needs a caption; rows naming other files are ignored. There is no official
-test set: val and test are both seeded `data.val_fraction` shares. Files are listed in sorted order, so the
-split depends only on the file names and the seed; only the requested split is decoded.
+test set: val and test are both seeded shares (`ldm.data.encoded`). Files are listed in sorted order, so the
+split depends only on the file names and the seed. A folder is listed once per process and listed again
+when the modification time of the root, of one of its sub-folders or of captions.csv changes (adding or
+removing a file changes its folder's); a change deeper down is seen by the next process.
 """
 
 from __future__ import annotations
 
 import csv
-import warnings
-from dataclasses import dataclass
+import functools
+import os
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 import torch
-from PIL import Image
-from torch import Tensor
 
 from ldm.config import DataConfig, Split
-from ldm.data.base import TensorImageDataset, data_root, fit_images, pil_to_uint8, split_indices
+from ldm.data.base import data_root
 from ldm.data.catalog import FOLDER_CAPTIONS_FILE
+from ldm.data.encoded import EncodedFiles, EncodedImageDataset, encoded_split, packed_strings
 from ldm.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 ROOT_CLASS = "."
 
 
-@dataclass(frozen=True)
-class FolderIndex:
+class FolderFiles(EncodedFiles):
     """Every image under a root: paths relative to it (posix), their labels and, with captions.csv, captions."""
 
-    root: Path
-    files: list[str]
-    labels: list[int]
-    class_names: list[str]
-    captions: list[str] | None
+    def __init__(self, root: Path, files: list[str], class_names: list[str], labels: list[int],
+                 captions: list[str] | None) -> None:
+        super().__init__(location=str(root), class_names=class_names,
+                         labels=torch.tensor(labels, dtype=torch.int64), captions=captions)
+        self.root, self.files = root, packed_strings(files)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def open_file(self, index: int) -> BinaryIO:
+        return open(self.root / self.files[index].decode(), "rb")
+
+    def file_name(self, index: int) -> str:
+        return str(self.root / self.files[index].decode())
 
 
-def build_folder(cfg: DataConfig, split: Split, workdir: Path) -> TensorImageDataset:
-    index = index_folder(data_root(cfg, workdir))
-    chosen = split_indices(cfg, split, len(index.files), carve_test=True)
-    kept, images = [], []
-    for i in chosen:
-        image = decode_image(index.root / index.files[i], cfg)
-        if image is not None:
-            kept.append(int(i))
-            images.append(image)
-    if not images:
-        raise DataError(f"no readable images in the {split} split of '{index.root}'")
-    return TensorImageDataset(
-        torch.stack(images),
-        source_indices=torch.tensor(kept, dtype=torch.int64),
-        class_names=index.class_names,
-        labels=torch.tensor([index.labels[i] for i in kept], dtype=torch.int64),
-        captions=None if index.captions is None else [index.captions[i] for i in kept],
-    )
+def build_folder(cfg: DataConfig, split: Split, workdir: Path) -> EncodedImageDataset:
+    return encoded_split(index_folder(data_root(cfg, workdir)), cfg, split)
 
 
-def index_folder(root: Path) -> FolderIndex:
-    """List the images under `root` with their classes and captions, without decoding them."""
+def index_folder(root: Path) -> FolderFiles:
+    """The images under `root` with their classes and captions, without decoding them; cached per process."""
     if not root.is_dir():
         raise DataError(f"image folder '{root}' does not exist; point -o data.root=DIR at a folder of images "
                         "(one sub-folder per class)")
-    files = sorted(
-        path.relative_to(root).as_posix()
-        for path in root.rglob("*")
-        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
-        and not any(part.startswith(".") for part in path.relative_to(root).parts)
-    )
+    return _listed(root, _modification_times(root))
+
+
+def _modification_times(root: Path) -> tuple[int, ...]:
+    with os.scandir(root) as entries:
+        children = sorted((e.name, e.stat().st_mtime_ns) for e in entries
+                          if e.is_dir() or e.name == FOLDER_CAPTIONS_FILE)
+    return (root.stat().st_mtime_ns, *(mtime for _, mtime in children))
+
+
+@functools.lru_cache(maxsize=4)
+def _listed(root: Path, modification_times: tuple[int, ...]) -> FolderFiles:
+    files = sorted(_image_files(root))
     if not files:
         raise DataError(f"image folder '{root}' holds no images; allowed suffixes: {', '.join(IMAGE_SUFFIXES)}")
     classes = [_class_of(file) for file in files]
     class_names = sorted(set(classes))
+    number = {name: i for i, name in enumerate(class_names)}
     captions_path = root / FOLDER_CAPTIONS_FILE
-    return FolderIndex(
-        root=root,
-        files=files,
-        labels=[class_names.index(c) for c in classes],
-        class_names=class_names,
-        captions=read_captions(captions_path, files) if captions_path.is_file() else None,
-    )
+    return FolderFiles(root, files, class_names, [number[c] for c in classes],
+                       read_captions(captions_path, files) if captions_path.is_file() else None)
+
+
+def _image_files(root: Path) -> list[str]:
+    """Image paths relative to `root`, hidden files and folders left out; os.walk needs no stat per file."""
+    found = []
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        prefix = Path(folder).relative_to(root)
+        found += [(prefix / name).as_posix() for name in names
+                  if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES]
+    return found
 
 
 def _class_of(file: str) -> str:
@@ -105,20 +113,6 @@ def read_captions(path: Path, files: list[str]) -> list[str]:
     if missing:
         raise DataError(f"'{path}' has no caption for {len(missing)} image(s), e.g. '{missing[0]}'")
     return [by_file[file] for file in files]
-
-
-def decode_image(path: Path, cfg: DataConfig) -> Tensor | None:
-    """The image fitted to the config as uint8 C x R x R; None (with a warning) if unreadable and skipping."""
-    try:
-        with Image.open(path) as image:
-            rgb = pil_to_uint8(image)
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        if not cfg.skip_bad_files:
-            raise DataError(f"cannot read image '{path}' ({e}); fix or remove it, or skip such files with "
-                            "-o data.skip_bad_files=true") from None
-        warnings.warn(f"skipping unreadable image '{path}': {e}", stacklevel=2)
-        return None
-    return fit_images(rgb[None], cfg.resolution, cfg.channels)[0]
 
 
 def offline_status(cfg: DataConfig, workdir: Path) -> tuple[bool, str]:

@@ -56,7 +56,7 @@ def dataset_statuses(workdir: Path) -> list[DatasetStatus]:
     for name, family in _families().items():
         cfg = DataConfig(name=name)
         offline, detail = family.offline_status(cfg, workdir)
-        statuses.append(DatasetStatus(name, dataset_provides(cfg.name, cfg.root), offline, detail))
+        statuses.append(DatasetStatus(name, dataset_provides(cfg.name, cfg.root, cfg.shards), offline, detail))
     return statuses
 
 
@@ -74,7 +74,7 @@ class _Family:
 
 def _families() -> dict[str, _Family]:
     # Imported here so that `ldm data list` and `data_config` start without loading torch.
-    from ldm.data import folder, mnist, shapes
+    from ldm.data import folder, mnist, shapes, shards
     from ldm.data import torchvision_sets as tv
 
     return {
@@ -85,4 +85,5 @@ def _families() -> dict[str, _Family]:
         "cifar10": _Family(partial(tv.build_photo_set, "cifar10"), partial(tv.offline_status, "cifar10")),
         "celeba": _Family(tv.build_celeba, partial(tv.offline_status, "celeba")),
         "folder": _Family(folder.build_folder, folder.offline_status),
+        "webdataset": _Family(shards.build_webdataset, shards.offline_status),
     }

@@ -88,6 +88,8 @@ def build_celeba(cfg: DataConfig, split: Split, workdir: Path) -> ImageDataset:
 class LazyImageDataset(ImageDataset):
     """Images decoded and fitted per item, for sets too large to hold in memory; no labels or captions."""
 
+    decodes_files = True
+
     def __init__(self, source: Sequence[tuple[Image.Image, Any]], source_indices: Tensor, resolution: int,
                  channels: int) -> None:
         super().__init__(source_indices=source_indices, class_names=[], labels=None, captions=None)

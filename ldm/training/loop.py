@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ldm.artifacts import log_periodic_checkpoint
 from ldm.config import ExperimentConfig, StageTrainingConfig
+from ldm.data.base import loader_workers
 from ldm.distributed import Ranks, current_ranks
 from ldm.errors import DataError
 from ldm.tracking import Tracker
@@ -205,10 +206,11 @@ def train_stage(stage: Stage, cfg: ExperimentConfig, device: torch.device, track
 
     global_batches = ResumableBatches(len(stage.train_data), settings.batch_size, seed, start)
     # Private generators: a DataLoader otherwise draws its worker seed from the global stream the steps use,
-    # which would shift a resumed run's random numbers.
+    # which would shift a resumed run's random numbers. Workers return batches in the sampler's order, and the
+    # endless sampler is iterated once, so workers (kept for the whole stage) change nothing a resume sees.
+    workers = loader_workers(cfg.training.num_workers, stage.train_data)
     batches = iter(DataLoader(stage.train_data, batch_sampler=ShardedBatches(global_batches, layout),
-                              num_workers=cfg.training.num_workers,
-                              generator=torch.Generator().manual_seed(seed + ranks.rank),
+                              num_workers=workers, generator=torch.Generator().manual_seed(seed + ranks.rank),
                               pin_memory=device.type == "cuda"))
     val_batches = _validation_batches(stage, settings, device) if ranks.is_main else []
     window = _Window()

@@ -1,5 +1,7 @@
 """Images reach torch-fidelity as uint8 RGB whether they arrive as floats in [-1, 1] or as uint8 already."""
 
+from pathlib import Path
+
 import torch
 
 from evaluation.extractors import to_uint8_rgb

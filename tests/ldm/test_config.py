@@ -6,7 +6,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ldm.config import ExperimentConfig, Override, build_config, load_config, parse_overrides, preset_dict, preset_names
+from ldm.config import (
+    DataConfig,
+    ExperimentConfig,
+    Override,
+    build_config,
+    load_config,
+    parse_overrides,
+    preset_dict,
+    preset_names,
+)
+from ldm.data.catalog import DatasetName
 from ldm.errors import ConfigError
 
 
@@ -151,3 +161,13 @@ def test_override_text_is_parsed_once_and_named_in_errors() -> None:
     assert str(Override("autoencoder.channel_mult", [1, 2])) == "autoencoder.channel_mult=[1, 2]"
     with pytest.raises(ConfigError, match=r"^override 'autoencoder\.f\.x=1': 'f' is a value, not a section$"):
         build_config(ExperimentConfig().model_dump(mode="json"), [Override("autoencoder.f.x", 1)])
+
+
+def test_data_identity_keeps_the_root_only_where_it_is_the_data() -> None:
+    def identity(name: DatasetName, root: str) -> dict[str, object]:
+        return DataConfig(name=name, root=Path(root)).identity()
+
+    own_files: tuple[DatasetName, ...] = ("folder", "webdataset")
+    for own in own_files:
+        assert identity(own, "/a") != identity(own, "/b")
+    assert identity("mnist", "/a") == identity("mnist", "/b")

@@ -25,7 +25,7 @@ def test_list_shows_every_dataset_with_availability(run, tmp_path: Path) -> None
     result = run("list")
     assert result.exit_code == 0, result.output
     lines = {line.split()[0]: line for line in result.stdout.splitlines()}
-    assert set(lines) == {"mnist", "shapes", "fashion-mnist", "cifar10", "celeba", "folder"}
+    assert set(lines) == {"mnist", "shapes", "fashion-mnist", "cifar10", "celeba", "folder", "webdataset"}
     assert "caption, label, mask" in lines["shapes"] and " offline " in lines["shapes"]
     assert "not offline" in lines["cifar10"] and str(tmp_path / "data") in lines["cifar10"]
     assert "images only" in lines["celeba"]
@@ -53,7 +53,7 @@ def test_show_defaults_to_the_workdir_and_mnist_works(run, tmp_path: Path) -> No
 
 @pytest.mark.parametrize(("args", "message"), [
     (("show", "imagenet"), "Error: unknown dataset 'imagenet'; allowed: mnist, shapes, fashion-mnist, cifar10, "
-                           "celeba, folder"),
+                           "celeba, folder, webdataset"),
     (("show", "cifar10"), "Error: CIFAR-10 files not found in"),
     (("show", "shapes", "-o", "data.shapes_count=40", "--out", "x.gif2"), "Error: cannot write an image to"),
 ])
@@ -61,3 +61,16 @@ def test_errors_are_one_line(run, args: tuple[str, ...], message: str) -> None: 
     result = run(*args)
     assert result.exit_code == 1
     assert result.stderr.startswith(message) and result.stderr.count("\n") == 1
+
+
+def test_shards_writes_a_folder_as_webdataset_shards(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    for i in range(3):
+        (tmp_path / "images" / "c").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), (80 * i, 0, 0)).save(tmp_path / "images" / "c" / f"{i}.png")
+    dest = tmp_path / "shards"
+    result = run("shards", str(tmp_path / "images"), str(dest), "--per-shard", "2")
+    assert result.exit_code == 0, result.output
+    assert f"wrote 2 shard(s) to {dest}; train on them with -o data.name=webdataset" in result.stdout
+    assert sorted(p.name for p in dest.iterdir()) == ["shard-000000.tar", "shard-000001.tar"]
+    again = run("shards", str(tmp_path / "images"), str(dest))
+    assert again.exit_code == 1 and again.stderr.startswith("Error: ") and again.stderr.count("\n") == 1

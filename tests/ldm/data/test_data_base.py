@@ -7,7 +7,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from ldm.config import DataConfig
-from ldm.data.base import TensorImageDataset, fit_images, pil_to_uint8, split_indices
+from ldm.data.base import TensorImageDataset, fit_images, loader_workers, pil_to_uint8, split_indices
 from ldm.errors import DataError
 
 
@@ -75,6 +75,45 @@ def test_splits_partition_the_pool_and_follow_the_seed() -> None:
 def test_too_small_pool_is_a_data_error() -> None:
     with pytest.raises(DataError, match="has only 2 items: too few for a train split"):
         split_indices(DataConfig(name="folder"), "train", 2, carve_test=True)
+
+
+def test_holdout_items_sizes_val_and_test_whatever_the_fraction() -> None:
+    cfg = DataConfig(name="shapes", val_fraction=0.1, holdout_items=13, split_seed=3)
+    parts = {split: split_indices(cfg, split, 50, carve_test=True) for split in ("train", "val", "test")}
+    assert [len(parts[s]) for s in ("train", "val", "test")] == [24, 13, 13]
+    assert sorted(np.concatenate(list(parts.values())).tolist()) == list(range(50))
+    assert len(split_indices(cfg, "val", 50, carve_test=False)) == 13
+    assert len(split_indices(cfg, "train", 50, carve_test=False)) == 37
+    # A larger reference split keeps the smaller one's items: the same seeded order, cut later.
+    larger = split_indices(cfg.model_copy(update={"holdout_items": 20}), "val", 50, carve_test=True)
+    assert set(parts["val"]) < set(larger)
+
+
+@pytest.mark.parametrize(("carve_test", "allowed"), [(True, 24), (False, 49)])
+def test_holdout_items_must_leave_a_train_split(carve_test: bool, allowed: int) -> None:
+    cfg = DataConfig(name="folder", holdout_items=allowed + 1)
+    with pytest.raises(DataError, match=rf"^data\.holdout_items={allowed + 1} leaves no train split: dataset "
+                                        rf"'folder' has 50 items.*allowed: data\.holdout_items <= {allowed}$"):
+        split_indices(cfg, "val", 50, carve_test=carve_test)
+    assert len(split_indices(cfg.model_copy(update={"holdout_items": allowed}), "train", 50,
+                             carve_test=carve_test)) == 50 - allowed * (2 if carve_test else 1)
+
+
+class _Decoding(TensorImageDataset):
+    decodes_files = True
+
+
+@pytest.mark.parametrize(("cores", "expected"), [(16, 8), (2, 1), (1, 0)])
+def test_auto_workers_follow_the_cores_for_decoded_data_only(cores: int, expected: int,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    images = _random_uint8(2, 1, 4, 4)
+    in_memory = TensorImageDataset(images, source_indices=torch.arange(2), class_names=[], labels=None,
+                                   captions=None)
+    decoded = _Decoding(images, source_indices=torch.arange(2), class_names=[], labels=None, captions=None)
+    assert loader_workers(None, decoded) == expected
+    assert loader_workers(None, in_memory) == 0 and loader_workers(None, torch.utils.data.TensorDataset()) == 0
+    assert loader_workers(3, in_memory) == 3 and loader_workers(0, decoded) == 0
 
 
 def test_items_follow_the_contract_and_collate() -> None:

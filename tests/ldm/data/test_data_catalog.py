@@ -10,13 +10,15 @@ import pytest
 from ldm.config import DataConfig
 from ldm.data.catalog import DATASET_NAMES, dataset_provides
 from ldm.data.registry import build_dataset, dataset_statuses
+from ldm.data.shards import write_shards
 from ldm.paths import resolve_workdir
 
 if TYPE_CHECKING:
     from conftest import ImageTree
 
-# The catalog's datasets, a folder both with and without captions.csv.
-CASES = ["mnist", "shapes", "fashion-mnist", "cifar10", "celeba", "folder", "folder-without-captions"]
+# The catalog's datasets, a folder and shards both with and without captions.
+CASES = ["mnist", "shapes", "fashion-mnist", "cifar10", "celeba", "folder", "folder-without-captions", "webdataset",
+         "webdataset-without-captions"]
 
 
 def test_every_catalog_dataset_has_a_case() -> None:
@@ -43,6 +45,10 @@ def test_built_items_carry_what_the_catalog_says(case: str, tmp_path: Path, imag
         case "folder" | "folder-without-captions":
             root = image_tree.write(tmp_path / "images", captions=case == "folder")
             cfg = DataConfig(name="folder", root=root, resolution=8)
+        case "webdataset" | "webdataset-without-captions":
+            root = image_tree.write(tmp_path / "images", captions=case == "webdataset")
+            cfg = DataConfig(name="webdataset", root=tmp_path / "shards", resolution=8)
+            write_shards(root, cfg.root, per_shard=4)
     dataset = build_dataset(cfg, "test", workdir)
-    assert dataset.provides == dataset_provides(cfg.name, cfg.root)
+    assert dataset.provides == dataset_provides(cfg.name, cfg.root, cfg.shards)
     assert set(dataset[0]) == {"image"} | dataset.provides

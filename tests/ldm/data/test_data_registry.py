@@ -30,7 +30,8 @@ def test_data_config_applies_data_overrides_only() -> None:
 
 def test_statuses_cover_every_dataset(tmp_path: Path) -> None:
     statuses = {status.name: status for status in dataset_statuses(tmp_path)}
-    assert set(statuses) == {"mnist", "shapes", "fashion-mnist", "cifar10", "celeba", "folder"}
+    assert set(statuses) == {"mnist", "shapes", "fashion-mnist", "cifar10", "celeba", "folder",
+                             "webdataset"}
     assert statuses["shapes"].offline and statuses["mnist"].offline
     assert not statuses["cifar10"].offline
     assert str(tmp_path / "data" / "cifar-10-batches-py") in statuses["cifar10"].detail
