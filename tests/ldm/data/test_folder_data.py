@@ -24,6 +24,7 @@ from ldm.data.registry import build_dataset
 from ldm.errors import DataError
 from ldm.tracking import NullTracker
 from ldm.training.loop import Stage, StepLosses, train_stage
+from ldm.training.sharding import StepNoise
 
 def _items(cfg: DataConfig, workdir: Path) -> dict[str, tuple[str, str, tuple[int, ...]]]:
     """caption -> (class name, split, decoded colour) over all splits."""
@@ -167,11 +168,11 @@ class _RecordingStep:
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"model": list(self.model.parameters())}
 
-    def losses(self, batch: dict[str, Any], step: int) -> StepLosses:
+    def losses(self, batch: dict[str, Any], step: int, noise: StepNoise) -> StepLosses:
         self.seen.append((list(batch["caption"]), batch["image"].clone()))
         return StepLosses({"model": self.model(batch["image"].flatten(1)).pow(2).mean()})
 
-    def val_loss(self, batch: dict[str, Any]) -> Tensor:
+    def val_loss(self, batch: dict[str, Any], noise: StepNoise) -> Tensor:
         return torch.zeros(())
 
     def preview(self, batch: dict[str, Any]) -> Image.Image:
