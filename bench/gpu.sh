@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The four benchmarks on one CUDA GPU with bf16 autocast, channels_last and torch.compile, sized to finish
-# within 8 minutes (each part has its own time limit; together they add up to 480 s). The UNet benchmark prints
-# model FLOP utilisation of the training step: FlopCounterMode's forward FLOPs x3 over the step time, divided by
+# The four benchmarks on one CUDA GPU with bf16 autocast, channels_last and torch.compile, and the UNet
+# training step through the distributed path (torchrun, DDP on 1 GPU), sized to finish within 9 minutes (each
+# part has its own time limit; together they add up to 540 s). The UNet benchmark and the DDP step print model
+# FLOP utilisation of the training step: FlopCounterMode's forward FLOPs x3 over the step time, divided by
 # PEAK_TFLOPS (dense bf16; default 989 for H100/H200 SXM).
 #
 #   bench/gpu.sh                 # on the GPU; results in $WORKDIR/bench/*-cuda.json (default ./outputs)
@@ -10,7 +11,7 @@
 #
 # The first run in a work folder also trains two small domain classifiers (MNIST 32x32 for eval_throughput,
 # 16x16 for sweep_overhead's quickstart trial); later runs reuse them. Per-part limits in seconds can be
-# changed with LIMITS="unet cost eval sweep", e.g. LIMITS="300 80 50 50" (defaults: 220 100 70 90).
+# changed with LIMITS="unet cost eval sweep ddp", e.g. LIMITS="300 80 50 50 60" (defaults: 220 100 70 90 60).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,7 +34,9 @@ if [[ "$DEVICE" == cuda ]]; then
   COST=(--resolution 256 --batch 16 --ddim-steps 50 --repeats 2)  # eager: compiling 5 UNets would eat the budget
   EVAL=(--n 1000 --eval-n 1000 --batch-size 250)
   SWEEP=(--trials 1)  # the quickstart spec's first trial (f = 1); its three take about 10 minutes on 2 CPU cores
-  DEFAULT_LIMITS="220 100 70 90"
+  DDP=(--resolution 256 --f 8 --batch 64 --repeats 20 --warmup 3)
+  RANKS=1
+  DEFAULT_LIMITS="220 100 70 90 60"
   THREADS=$(nproc)  # CPU-side work (data, the domain classifiers) should use the GPU machine's cores
 else
   WORKDIR="${WORKDIR:-outputs/gpu-dry-run}"
@@ -43,7 +46,9 @@ else
   EVAL=(--n 20 --eval-n 20 --batch-size 10)
   SWEEP=(--trials 1 -o training.autoencoder.steps=5 -o training.diffusion.steps=5 -o training.autoencoder.log_every=5
          -o training.diffusion.log_every=5 -o evaluation.num_samples=20 -o evaluation.kid_subset_size=10)
-  DEFAULT_LIMITS="240 120 300 300"
+  DDP=(--resolution 32 --f 8 --batch 4 --repeats 2 --warmup 1)
+  RANKS=2  # gloo on the CPU
+  DEFAULT_LIMITS="240 120 300 300 120"
   THREADS=2
 fi
 read -r -a LIMITS <<< "${LIMITS:-$DEFAULT_LIMITS}"
@@ -63,6 +68,11 @@ run_part "${LIMITS[0]}" unet_vs_diffusers "${COMMON[@]}" "${SPEED[@]}" --peak-tf
 run_part "${LIMITS[1]}" cost_vs_f "${COMMON[@]}" "${SPEED[@]}" "${COST[@]}"
 run_part "${LIMITS[2]}" eval_throughput "${COMMON[@]}" "${EVAL[@]}"
 run_part "${LIMITS[3]}" sweep_overhead "${COMMON[@]}" "${SWEEP[@]}"
+echo "=== ddp_step on $RANKS rank(s) (limit ${LIMITS[4]} s)"
+if ! timeout --signal=INT --kill-after=10 "${LIMITS[4]}" "$PYTHON" -m torch.distributed.run --standalone \
+     --nproc_per_node="$RANKS" -m bench.ddp_step "${COMMON[@]}" --peak-tflops "$PEAK_TFLOPS" "${DDP[@]}"; then
+  failed+=(ddp_step)
+fi
 
 if ((${#failed[@]})); then
   echo "failed or out of time: ${failed[*]}" >&2

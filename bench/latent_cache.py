@@ -17,7 +17,10 @@ import statistics
 import sys
 from collections.abc import Callable
 
+from dataclasses import dataclass
+
 import torch
+from torch import nn
 
 from bench.harness import Report, Row, add_common_arguments, interleaved_times, positive_ints, run_script, setup
 from ldm.config import ExperimentConfig, Override, load_config
@@ -42,8 +45,17 @@ def experiment(f: int, args: argparse.Namespace) -> ExperimentConfig:
         Override("training.diffusion.batch_size", args.batch)])
 
 
-def training_steps(f: int, args: argparse.Namespace, device: torch.device) -> dict[str, Callable[[], object]]:
-    """The loop's update on one batch of images, and on the same batch's cached moments."""
+@dataclass(frozen=True)
+class TrainingSteps:
+    """The loop's update on one batch of images and on the same batch's cached moments, and what it trains."""
+
+    updates: dict[str, Callable[[], object]]
+    denoiser: nn.Module
+    latents: torch.Tensor  # the batch's posterior means: the UNet's input shape
+
+
+def training_steps(f: int, args: argparse.Namespace, device: torch.device, ranks: Ranks = Ranks()) -> TrainingSteps:
+    """The two updates of a global batch of `args.batch` split over `ranks` (this process's share)."""
     cfg = experiment(f, args)
     torch.manual_seed(0)
     first_stage = build_first_stage(cfg.autoencoder, 3).to(device).eval().requires_grad_(False)
@@ -55,10 +67,10 @@ def training_steps(f: int, args: argparse.Namespace, device: torch.device) -> di
                                        device=device)
     step = DiffusionStep(pipeline, denoiser, p_uncond=0.0, seed=0)
     settings = cfg.training.diffusion
-    layout = BatchLayout.of(settings, Ranks(), "diffusion")
+    layout = BatchLayout.of(settings, ranks, "diffusion")
     optimizers = {"model": torch.optim.AdamW(denoiser.parameters(), lr=settings.lr, fused=True)}
     groups = step.parameter_groups()
-    images = torch.rand(args.batch, 3, args.resolution, args.resolution, device=device) * 2 - 1
+    images = torch.rand(layout.micro_size, 3, args.resolution, args.resolution, device=device) * 2 - 1
     with torch.no_grad():
         posterior = first_stage.encode(images)
     assert isinstance(posterior, DiagonalGaussian)
@@ -68,7 +80,8 @@ def training_steps(f: int, args: argparse.Namespace, device: torch.device) -> di
     def update(batch: dict[str, torch.Tensor]) -> Callable[[], object]:
         return lambda: _optimise(step, itertools.repeat(batch), layout, 1, 0, settings, optimizers, groups, device)
 
-    return {f"{f}/{name}": update(batch) for name, batch in batches.items()}
+    return TrainingSteps({f"{f}/{name}": update(batch) for name, batch in batches.items()}, denoiser,
+                         posterior.mean)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -86,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     report = Report("latent_cache", args, device)
     cases: dict[str, Callable[[], object]] = {}
     for f in args.factors:
-        cases |= training_steps(f, args, device)
+        cases |= training_steps(f, args, device).updates
     print(f"timing {len(cases)} cases x {args.repeats} repeats ...", file=sys.stderr, flush=True)
     times = interleaved_times(cases, device, args.repeats, args.warmup)
     rows: list[Row] = []
