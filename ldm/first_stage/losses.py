@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ldm.config import AutoencoderConfig
+from ldm.distributed import current_ranks
 from ldm.first_stage.autoencoder import AutoencoderOutput
 from ldm.first_stage.discriminator import NLayerDiscriminator, hinge_discriminator_loss
 
@@ -14,9 +15,16 @@ MAX_ADAPTIVE_WEIGHT = 1e4
 
 
 def adaptive_disc_weight(rec_loss: Tensor, g_loss: Tensor, last_layer: Tensor, disc_weight: float) -> Tensor:
-    """VQGAN's lambda: |grad rec| / (|grad g| + 1e-4) w.r.t. the decoder's last layer, clamped, times disc_weight."""
+    """VQGAN's lambda: |grad rec| / (|grad g| + 1e-4) w.r.t. the decoder's last layer, clamped, times disc_weight.
+
+    Under torchrun the gradients are averaged over ranks first: the weight is that of the global batch, the same
+    on every rank and as on one process.
+    """
+    ranks = current_ranks()
     rec_grad, = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)
     g_grad, = torch.autograd.grad(g_loss, last_layer, retain_graph=True)
+    ranks.all_reduce_mean_(rec_grad)
+    ranks.all_reduce_mean_(g_grad)
     weight = rec_grad.norm() / (g_grad.norm() + 1e-4)
     return weight.clamp(0.0, MAX_ADAPTIVE_WEIGHT).detach() * disc_weight
 

@@ -151,8 +151,12 @@ def _train_and_measure(cfg: ExperimentConfig, workdir: Path, path: Path, tracker
     torch.manual_seed(cfg.training.seed)
     train, val = build_dataset(cfg.data, "train", workdir), build_dataset(cfg.data, "val", workdir)
     first_stage = build_first_stage(cfg.autoencoder, cfg.data.channels)
-    trainee = prepare_module(AutoencoderTrainee(first_stage, AutoencoderLoss(cfg.autoencoder, cfg.data.channels)),
-                             device)
+    loss = AutoencoderLoss(cfg.autoencoder, cfg.data.channels)
+    if ranks.distributed and device.type == "cuda":
+        # The discriminator's BatchNorm over the global batch, as on one process (SyncBatchNorm has no CPU kernel:
+        # gloo ranks normalise over their own share).
+        loss = nn.SyncBatchNorm.convert_sync_batchnorm(loss)
+    trainee = prepare_module(AutoencoderTrainee(first_stage, loss), device)
     if not first_stage.trainable:  # a checkpoint of its (empty) state
         if ranks.is_main:
             save_checkpoint(path, step=0, model=trainee, optimizers={}, ema=None, data_order={}, config=cfg,

@@ -16,7 +16,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from ldm.paths import default_tracking_uri
-from tests.servers import free_port
+from servers import free_port  # tests/servers.py, on the path through conftest
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 ROOT = Path(__file__).parents[3]
