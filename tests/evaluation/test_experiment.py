@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -48,8 +49,17 @@ def class_model(workdir: Path) -> Path:
 def test_every_metric_family_with_guidance_and_ddim_variants(class_model: Path, workdir: Path) -> None:
     out = workdir / "class-metrics.json"
     report = evaluate_experiment(None, class_model, workdir, overrides=[
-        Override("evaluation.guidance_scales", [1.0, 3.0]), Override("evaluation.ddim_steps", [1])], out=out)
+        Override("evaluation.guidance_scales", [1.0, 3.0]), Override("evaluation.ddim_steps", [1]),
+        Override("evaluation.samples_npz", True)], out=out)
     written = json.loads(out.read_text())
+    # One ADM sample batch per variant beside metrics.json; the base-scale guidance variant repeats the samples
+    # (micro has no attention, so its context, and guidance, change nothing: fewer steps are what differs).
+    batches = {name: np.load(workdir / f"{name}.npz", allow_pickle=False)["arr_0"]
+               for name in ("samples", "samples-g1", "samples-g3", "samples-ddim1")}
+    assert all(arr.shape == (20, 16, 16, 3) and arr.dtype == np.uint8 for arr in batches.values())
+    assert np.array_equal(batches["samples"], batches["samples-g1"])
+    assert not np.array_equal(batches["samples"], batches["samples-ddim1"])
+    assert written["meta"]["samples_npz"] == str(workdir / "samples.npz")
     assert set(written) == set(report)
     for name in ["fid_domain", "kid_domain", "precision_domain", "recall_domain", "is_domain", "cond_accuracy",
                  "rfid_domain", "psnr", "ssim", "bpp", "params_unet", "params_cond", "unet_gflops",
@@ -181,6 +191,18 @@ def test_eval_refuses_more_samples_than_the_reference_split_before_generating(
     assert result.exit_code == 1, result.output
     assert result.output == (f"Error: evaluation.num_samples={split + 1} exceeds the {split} images of reference split "
                              f"'test'; allowed: <= {split}, or another evaluation.reference_split\n")
+
+
+def test_bad_reference_stats_fail_before_sampling(class_model: Path, workdir: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    def sample(*args: object, **kwargs: object) -> None:
+        raise AssertionError("sampled before the reference statistics were checked")
+
+    monkeypatch.setattr(LatentDiffusionPipeline, "sample_batch", sample)
+    bad = workdir / "inception-sized.npz"
+    np.savez(bad, mu=np.zeros(2048), sigma=np.eye(2048))
+    with pytest.raises(UserError, match=rf"^evaluation.reference_stats='{bad}' holds mu \(2048,\) and sigma "):
+        evaluate_experiment(None, class_model, workdir, overrides=[Override("evaluation.reference_stats", str(bad))])
 
 
 def test_intermediate_fid_refuses_more_samples_than_the_reference_split_before_training(workdir: Path) -> None:
