@@ -29,6 +29,11 @@ from ldm.distributed import Ranks
 FidelityMetric = Literal["fid", "kid", "prc", "isc"]
 PRC_NEIGHBORHOOD = 3
 ISC_SPLITS = 10
+# Precision/recall hold blocks of b x N distances (about 40 bytes each with the k-th value search); torch-fidelity's
+# default b = 10,000 grows the peak with N (167 MB above the rest at N = 4096 even with b = 1000). b is sized so
+# that a block stays near 2^20 distances (about 40 MB); the result does not depend on b.
+PRC_BLOCK_DISTANCES = 2**20
+PRC_MIN_BATCH = 64
 
 # torch-fidelity result key -> catalog name pattern (f_score is not logged).
 CATALOG_NAMES: dict[str, str] = {
@@ -42,10 +47,11 @@ CATALOG_NAMES: dict[str, str] = {
 }
 
 
-def metric_kwargs(*, kid_subset_size: int, seed: int) -> dict[str, Any]:
+def metric_kwargs(*, kid_subset_size: int, seed: int, largest_set: int) -> dict[str, Any]:
     """What the suite passes `calculate_metrics`, as its feature-level functions read it (the rest: its defaults)."""
     # save_cpu_ram: calculate_metrics was called with it (no DataLoader workers); it also picks the batched PRC.
-    return {"kid_subset_size": kid_subset_size, "prc_neighborhood": PRC_NEIGHBORHOOD, "isc_splits": ISC_SPLITS,
+    return {"kid_subset_size": kid_subset_size, "prc_neighborhood": PRC_NEIGHBORHOOD,
+            "prc_batch_size": max(PRC_MIN_BATCH, PRC_BLOCK_DISTANCES // largest_set), "isc_splits": ISC_SPLITS,
             "rng_seed": seed, "save_cpu_ram": True, "verbose": False}
 
 
@@ -131,8 +137,9 @@ def fid(generated: Tensor, reference: ReferenceFeatures) -> float:
 def fidelity_scores(generated: dict[str, Tensor], reference: ReferenceFeatures, extractor: LoadedExtractor, *,
                     metrics: Collection[FidelityMetric], kid_subset_size: int, seed: int) -> dict[str, float | None]:
     """The requested metrics under catalog names; None where the extractor (IS) or the reference (KID, PRC) lacks them."""
-    kwargs = metric_kwargs(kid_subset_size=kid_subset_size, seed=seed)
     features = generated[extractor.layer]
+    largest = max(len(features), len(reference.features) if reference.features is not None else 0)
+    kwargs = metric_kwargs(kid_subset_size=kid_subset_size, seed=seed, largest_set=largest)
     raw: dict[str, float | None] = {}
     if "fid" in metrics:
         raw[KEY_METRIC_FID] = fid(features, reference)
