@@ -95,7 +95,7 @@ def ref_command(
     inception_weights: Optional[Path] = typer.Option(None, "--inception-weights",
                                                      help="torch-fidelity inception-v3-compat weights file."),
 ) -> None:
-    """Reference statistics (float64 mu, sigma) of the first N images of a split in a seeded order, and their protocol."""
+    """Reference statistics (float64 mu, sigma) of the first N images of a split in a seeded order, with protocol."""
     from ldm.commands.options import resolve_config
     from ldm.config import Override, build_config
     from ldm.paths import resolve_workdir

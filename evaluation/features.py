@@ -136,7 +136,7 @@ def fid(generated: Tensor, reference: ReferenceFeatures) -> float:
 
 def fidelity_scores(generated: dict[str, Tensor], reference: ReferenceFeatures, extractor: LoadedExtractor, *,
                     metrics: Collection[FidelityMetric], kid_subset_size: int, seed: int) -> dict[str, float | None]:
-    """The requested metrics under catalog names; None where the extractor (IS) or the reference (KID, PRC) lacks them."""
+    """The requested metrics under catalog names; None where the extractor (IS) or reference (KID, PRC) lacks them."""
     features = generated[extractor.layer]
     largest = max(len(features), len(reference.features) if reference.features is not None else 0)
     kwargs = metric_kwargs(kid_subset_size=kid_subset_size, seed=seed, largest_set=largest)

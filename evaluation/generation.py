@@ -85,12 +85,13 @@ def prepare_scorer(data: DataConfig, evaluation: EvaluationConfig, workdir: Path
     scored, notes = [], []
     for name in evaluation.extractors:
         spec = resolve_extractor(name, data, workdir, evaluation.inception_weights)
-        if stats is not None:
-            features = read_statistics(stats, spec)  # before the network loads: a bad file fails at once
-            if features.features is None and ({"kid", "prc"} & set(metrics)):
-                notes.append(NO_FEATURES.format(name, stats))
+        # Read before the network loads, so that a bad file fails at once.
+        features = read_statistics(stats, spec) if stats is not None else None
+        if features is not None and features.features is None and {"kid", "prc"} & set(metrics):
+            notes.append(NO_FEATURES.format(name, stats))
         extractor = LoadedExtractor(spec)
-        if reference is not None:
+        if features is None:
+            assert reference is not None
             features = cached_reference_features(reference, extractor, evaluation.batch_size, workdir)
         scored.append(Scored(extractor, features))
         if "isc" in metrics and spec.isc_unavailable is not None:

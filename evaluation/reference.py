@@ -137,7 +137,8 @@ def read_statistics(path: Path, extractor: FidelityExtractor, field: str = "eval
     arrays = _load_npz(path, field)
     missing = [key for key in ("mu", "sigma") if key not in arrays]
     if missing:
-        raise UserError(f"{field}='{path}' has no {' or '.join(missing)} (keys: {', '.join(sorted(arrays)) or 'none'}); "
+        keys = ", ".join(sorted(arrays)) or "none"
+        raise UserError(f"{field}='{path}' has no {' or '.join(missing)} (keys: {keys}); "
                         "allowed: an npz with 'mu' and 'sigma', as pytorch-fid, clean-fid, the ADM evaluator or "
                         "`ldm eval ref` write")
     mu, sigma, dim = arrays["mu"], arrays["sigma"], extractor.feature_dim
