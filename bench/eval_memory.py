@@ -9,7 +9,7 @@ kept); `concat` is the old path: `pipeline.generate` keeps every decoded batch, 
 target is a flat streaming peak: at most 1.2x from the smallest to the largest N.
 
     python -m bench.eval_memory                                   # N = 64, 512, 4096 at 16 px
-    python -m bench.eval_memory --resolution 64 --channels 3      # images large enough to see the old path grow
+    python -m bench.eval_memory --resolution 64                   # images large enough to see the old path grow
 """
 
 from __future__ import annotations
