@@ -134,7 +134,7 @@ def evaluate_experiment(cfg: ExperimentConfig | None, checkpoint: Path, workdir:
     report = variant("", sampling)
     meta = report.pop(META_KEY)
     meta.update(sampler=sampling.sampler, steps=sampling.steps, eta=sampling.eta,
-                guidance_scale=sampling.guidance_scale, checkpoint=str(checkpoint))
+                guidance_scale=sampling.guidance_scale, checkpoint=str(checkpoint), ranks=ranks.world_size)
     for scale in evaluation.guidance_scales:
         scaled = variant(f"g{scale:g}", sampling.model_copy(update={"guidance_scale": scale}))
         report.update({f"g{scale:g}/{k}": v for k, v in metric_values(scaled).items()})

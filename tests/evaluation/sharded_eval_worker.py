@@ -1,7 +1,8 @@
 """One rank of a sharded evaluation, started by test_sharded_evaluation.py with torchrun's environment variables.
 
-Usage: python sharded_eval_worker.py CHECKPOINT WORKDIR OUT_DIR; rank 0 writes OUT_DIR/result.pt (the gathered
-features and the report) and OUT_DIR/samples.npz.
+Usage: python sharded_eval_worker.py CHECKPOINT WORKDIR OUT_DIR [experiment]; rank 0 writes OUT_DIR/result.pt (the
+gathered features and the report) and OUT_DIR/samples.npz, or with `experiment` OUT_DIR/metrics.json of
+`evaluate_experiment`, which joins the job itself.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from evaluation.experiment import draw_conditions, sample_metrics
+from evaluation.experiment import draw_conditions, evaluate_experiment, sample_metrics
 from evaluation.features import FeatureStream
 from evaluation.generation import prepare_scorer
 from evaluation.report_card import metric_values
@@ -47,5 +48,13 @@ def main(checkpoint: Path, workdir: Path, out: Path) -> None:
         dist.destroy_process_group()
 
 
+def experiment(checkpoint: Path, workdir: Path, out: Path) -> None:
+    torch.set_num_threads(1)
+    evaluate_experiment(None, checkpoint, workdir, out=out / "metrics.json")
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 if __name__ == "__main__":
-    main(*(Path(arg) for arg in sys.argv[1:4]))
+    paths = [Path(arg) for arg in sys.argv[1:4]]
+    experiment(*paths) if sys.argv[4:] == ["experiment"] else main(*paths)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -41,8 +42,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_ranks(world_size: int, checkpoint: Path, workdir: Path, out: Path) -> dict:
-    """The worker on `world_size` processes with torchrun's variables; rank 0's result."""
+def run_ranks(world_size: int, checkpoint: Path, workdir: Path, out: Path, *mode: str) -> dict:
+    """The worker on `world_size` processes with torchrun's variables; rank 0's result (or metrics.json)."""
     out.mkdir()
     port = _free_port()
     procs = []
@@ -50,10 +51,12 @@ def run_ranks(world_size: int, checkpoint: Path, workdir: Path, out: Path) -> di
         env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size),
                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1",
                "PYTHONPATH": str(REPO)}
-        procs.append(subprocess.Popen([sys.executable, str(WORKER), str(checkpoint), str(workdir), str(out)], env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        procs.append(subprocess.Popen([sys.executable, str(WORKER), str(checkpoint), str(workdir), str(out), *mode],
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outputs = [proc.communicate(timeout=600)[0] for proc in procs]
     assert all(proc.returncode == 0 for proc in procs), "\n".join(outputs)
+    if mode:
+        return json.loads((out / "metrics.json").read_text())
     return torch.load(out / "result.pt", weights_only=True)
 
 
@@ -94,3 +97,15 @@ def test_samples_npz_holds_the_streamed_samples_in_order(class_model: Path, work
     assert np.array_equal(arr, images.permute(0, 2, 3, 1).numpy())
     assert report["meta"]["samples_npz"] == str(path)
     assert [p.name for p in tmp_path.iterdir()] == ["samples.npz"]  # no temp file left behind
+
+
+def test_evaluate_experiment_on_two_ranks_reports_what_one_does(class_model: Path, workdir: Path,
+                                                                tmp_path: Path) -> None:
+    one = run_ranks(1, class_model, workdir, tmp_path / "one", "experiment")
+    two = run_ranks(2, class_model, workdir, tmp_path / "two", "experiment")
+    machine_dependent = {"sample_images_per_s", "peak_memory_mb", "meta"}
+    assert {"fid_domain", "kid_domain", "is_domain", "cond_accuracy", "rfid_domain"} <= one.keys()
+    assert {k: v for k, v in one.items() if k not in machine_dependent} == {
+        k: v for k, v in two.items() if k not in machine_dependent}
+    assert one["meta"]["num_samples"] == two["meta"]["num_samples"] == 20
+    assert one["meta"]["ranks"] == 1 and two["meta"]["ranks"] == 2  # it did join the job torchrun's variables name
