@@ -34,15 +34,16 @@ from bench.harness import (
     run_script,
     setup,
 )
-from evaluation.generation import compute_generation_metrics, resolve_extractor
+from evaluation.extractors.resolve import resolve_extractor
+from evaluation.generation import compute_generation_metrics
 from ldm.config import DataConfig, EvaluationConfig, ExtractorName
 from ldm.data.registry import build_dataset
 from ldm.errors import UserError
 from ldm.paths import cache_dir, resolve_workdir
 
-# Where compute_generation_metrics caches reference features (see evaluation.generation.fidelity_metrics);
+# Where compute_generation_metrics caches reference features (see evaluation.reference.cached_reference_features);
 # cleared before the cold run, and checked to be filled by it.
-REFERENCE_CACHE = "fidelity"
+REFERENCE_CACHE = "reference"
 
 
 def uint8_images(data: DataConfig, n: int, workdir: Path) -> torch.Tensor:

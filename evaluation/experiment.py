@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
-import time
+import contextlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 
 from evaluation.cost import PeakMemory, forward_gflops, parameters_m
-from evaluation.extractors import FidelityExtractor, UInt8Images, to_uint8_rgb
 from evaluation.extractors.domain import load_domain_extractor
-from evaluation.generation import (ReferenceSet, compute_generation_metrics, conditioning_accuracy,
-                                   fidelity_metrics, reference_set, resolve_extractor)
+from evaluation.generation import ConditioningAccuracy, GenerationScorer, prepare_scorer
+from evaluation.reference import evaluation_reference
 from evaluation.reconstruction import compute_reconstruction_metrics
 from evaluation.report_card import META_KEY, MetricsReport, metric_values, write_metrics_json
+from evaluation.samples_npz import samples_npz
+from evaluation.sampling import Stopwatch, sample_batches
 from ldm.config import EvaluationConfig, ExperimentConfig, Override, SamplingConfig, build_config
 from ldm.data.registry import build_dataset
-from ldm.diffusion.conditioning import ConditionInputs, EvaluationConditions
+from ldm.diffusion.conditioning import EvaluationConditions
+from ldm.distributed import current_ranks, init_distributed, rank_device
 from ldm.tracking import NullTracker, Tag, Tracker
 from ldm.training.device import resolve_device
 from ldm.training.pipeline import LatentDiffusionPipeline
@@ -32,25 +34,29 @@ def draw_conditions(pipeline: LatentDiffusionPipeline, evaluation: EvaluationCon
         torch.Generator().manual_seed(evaluation.seed))
 
 
-def generate_timed(pipeline: LatentDiffusionPipeline, conditions: ConditionInputs, n: int, sampling: SamplingConfig,
-                   seed: int, batch_size: int) -> tuple[torch.Tensor, float]:
-    """uint8 RGB samples (decoding included) and the images per second it took."""
-    generator = torch.Generator().manual_seed(seed)
-    start = time.perf_counter()
-    images = pipeline.generate(n, conditions=conditions, sampling=sampling, generator=generator,
-                               batch_size=batch_size)
-    return to_uint8_rgb(images), n / (time.perf_counter() - start)
-
-
-def _sample_metrics(pipeline: LatentDiffusionPipeline, conditions: EvaluationConditions, reference: ReferenceSet,
-                    sampling: SamplingConfig, evaluation: EvaluationConfig, workdir: Path) -> MetricsReport:
-    images, images_per_s = generate_timed(pipeline, conditions.inputs, evaluation.num_samples, sampling,
-                                          evaluation.seed, evaluation.batch_size)
-    report = compute_generation_metrics(images, pipeline.config.data, evaluation, workdir, reference)
-    report["sample_images_per_s"] = images_per_s
-    if conditions.target_labels is not None:
-        classifier = load_domain_extractor(pipeline.config.data, workdir)
-        report["cond_accuracy"] = conditioning_accuracy(images, conditions.target_labels, classifier)
+def sample_metrics(pipeline: LatentDiffusionPipeline, conditions: EvaluationConditions, scorer: GenerationScorer,
+                   sampling: SamplingConfig, workdir: Path, npz: Path | None = None) -> MetricsReport:
+    """Samples stream batch by batch into the scorer (and the conditioning accuracy, and `npz`), on every rank."""
+    evaluation, ranks = scorer.evaluation, current_ranks()
+    stream, stopwatch = scorer.stream(), Stopwatch()
+    accuracy = (ConditioningAccuracy(load_domain_extractor(pipeline.config.data, workdir), conditions.target_labels)
+                if conditions.target_labels is not None else None)
+    with contextlib.ExitStack() as stack:
+        writer = (stack.enter_context(samples_npz(npz, evaluation.num_samples, pipeline.config.data.resolution, ranks))
+                  if npz is not None else None)
+        for batch in sample_batches(pipeline, conditions.inputs, evaluation.num_samples, sampling, evaluation.seed,
+                                    evaluation.batch_size, ranks, stopwatch):
+            stream.add(batch)
+            if accuracy is not None:
+                accuracy.add(batch)
+            if writer is not None:
+                writer.add(batch)
+    report = stream.report(ranks)
+    report["sample_images_per_s"] = stopwatch.images_per_s(ranks)
+    if accuracy is not None:
+        report["cond_accuracy"] = accuracy.percent(ranks)
+    if npz is not None:
+        report[META_KEY]["samples_npz"] = str(npz)
     return report
 
 
@@ -61,30 +67,26 @@ def intermediate_fid(cfg: ExperimentConfig, workdir: Path) -> IntermediateFid | 
     """FID per extractor on `evaluation.fid_every_samples` samples: the FID-against-step curve and its pruner.
 
     None when `evaluation.fid_every` is unset. The reference set is built here, before training, so that more
-    samples than the reference split holds fail at once; conditions and extractors are built at the first call
-    (they need the model) and reused at every later step.
+    samples than the reference split holds fail at once; conditions and the scorer are built at the first call
+    (they need the model and the extractors) and reused at every later step. Under torchrun every rank calls it.
     """
     evaluation = cfg.evaluation.model_copy(update={"num_samples": cfg.evaluation.fid_every_samples})
     if evaluation.fid_every is None:
         return None
-    reference = reference_set(cfg.data, evaluation.reference_split, evaluation.num_samples, evaluation.seed, workdir,
-                              size_field="evaluation.fid_every_samples")
-    fixed: list[tuple[ConditionInputs, list[FidelityExtractor]]] = []
+    reference = (None if evaluation.reference_stats is not None else evaluation_reference(
+        cfg.data, evaluation, workdir, evaluation.num_samples, size_field="evaluation.fid_every_samples"))
+    fixed: list[tuple[EvaluationConditions, GenerationScorer]] = []
 
     def measure(pipeline: LatentDiffusionPipeline) -> dict[str, float]:
         if not fixed:
-            fixed.append((draw_conditions(pipeline, evaluation, workdir).inputs,
-                          [resolve_extractor(name, cfg.data, workdir, evaluation.inception_weights)
-                           for name in evaluation.extractors]))
-        conditions, extractors = fixed[0]
-        images, _ = generate_timed(pipeline, conditions, evaluation.num_samples, pipeline.config.diffusion.sampling,
-                                   evaluation.seed, evaluation.batch_size)
-        measured: dict[str, float] = {}
-        for extractor in extractors:
-            measured.update(fidelity_metrics(UInt8Images(images), reference, extractor, metrics={"fid"},
-                                             kid_subset_size=len(images), seed=evaluation.seed,
-                                             batch_size=evaluation.batch_size, workdir=workdir))
-        return measured
+            fixed.append((draw_conditions(pipeline, evaluation, workdir),
+                          prepare_scorer(cfg.data, evaluation, workdir, evaluation.num_samples, reference=reference,
+                                         metrics={"fid"})))
+        conditions, scorer = fixed[0]
+        # The FID alone: no conditioning accuracy for the curve.
+        report = sample_metrics(pipeline, EvaluationConditions(conditions.inputs), scorer,
+                                pipeline.config.diffusion.sampling, workdir)
+        return {name: value for name, value in metric_values(report).items() if name.startswith("fid_")}
 
     return measure
 
@@ -111,36 +113,42 @@ def evaluate_experiment(cfg: ExperimentConfig | None, checkpoint: Path, workdir:
     """Every metric of a trained `diffusion.pt`: written to `metrics.json` beside it (or `out`) and to the tracker.
 
     `cfg` defaults to the checkpoint's own config, with `overrides` (e.g. `Override("evaluation.num_samples", 1000)`).
+    Under torchrun every rank samples its share; rank 0 writes and logs.
     """
     tracker = tracker or NullTracker()
     device = resolve_device(cfg.training.device if cfg else "auto")
+    ranks = init_distributed(device)  # joins the job when torchrun started this process
+    device = rank_device(device, ranks)
     memory = PeakMemory(device)  # from here: the peak of this evaluation, the model included, not of training
     pipeline = LatentDiffusionPipeline.from_checkpoint(checkpoint, device=device)
     cfg = build_config((cfg or pipeline.config).model_dump(mode="json"), overrides)
     evaluation, sampling = cfg.evaluation, cfg.diffusion.sampling
-    reference = reference_set(pipeline.config.data, evaluation.reference_split, evaluation.num_samples,
-                              evaluation.seed, workdir)
+    scorer = prepare_scorer(pipeline.config.data, evaluation, workdir, evaluation.num_samples)
     conditions = draw_conditions(pipeline, evaluation, workdir)
+    path = out or Path(checkpoint).parent / "metrics.json"
 
-    report = _sample_metrics(pipeline, conditions, reference, sampling, evaluation, workdir)
+    def variant(prefix: str, sampling: SamplingConfig) -> MetricsReport:
+        npz = path.with_name(f"samples{'-' + prefix if prefix else ''}.npz") if evaluation.samples_npz else None
+        return sample_metrics(pipeline, conditions, scorer, sampling, workdir, npz)
+
+    report = variant("", sampling)
     meta = report.pop(META_KEY)
     meta.update(sampler=sampling.sampler, steps=sampling.steps, eta=sampling.eta,
-                guidance_scale=sampling.guidance_scale, checkpoint=str(checkpoint))
+                guidance_scale=sampling.guidance_scale, checkpoint=str(checkpoint), ranks=ranks.world_size)
     for scale in evaluation.guidance_scales:
-        variant = _sample_metrics(pipeline, conditions, reference,
-                                  sampling.model_copy(update={"guidance_scale": scale}), evaluation, workdir)
-        report.update({f"g{scale:g}/{k}": v for k, v in metric_values(variant).items()})
+        scaled = variant(f"g{scale:g}", sampling.model_copy(update={"guidance_scale": scale}))
+        report.update({f"g{scale:g}/{k}": v for k, v in metric_values(scaled).items()})
     for steps in evaluation.ddim_steps:
-        variant = _sample_metrics(pipeline, conditions, reference,
-                                  sampling.model_copy(update={"sampler": "ddim", "steps": steps}), evaluation, workdir)
-        report.update({f"ddim{steps}/{k}": v for k, v in metric_values(variant).items()})
+        fewer = variant(f"ddim{steps}", sampling.model_copy(update={"sampler": "ddim", "steps": steps}))
+        report.update({f"ddim{steps}/{k}": v for k, v in metric_values(fewer).items()})
     reconstruction = compute_reconstruction_metrics(pipeline.first_stage, cfg.data, evaluation, workdir)
     report.update(metric_values(reconstruction))
     report.update(cost_metrics(pipeline))
     report["peak_memory_mb"] = memory.peak_mb()
     report[META_KEY] = meta
+    if not ranks.is_main:
+        return report
 
-    path = out or Path(checkpoint).parent / "metrics.json"
     write_metrics_json(report, path)
     values = {k: v for k, v in metric_values(report).items() if v is not None}
     tracker.log_metrics(values, step=cfg.training.diffusion.steps)

@@ -1,7 +1,7 @@
 """First-stage quality: rFID (reconstructions vs originals through the same extractors) and rate-distortion.
 
-The originals are the generation metrics' reference set (same split, count and seeded order), so their
-features come from the same cache.
+The originals are the generation metrics' reference set of `evaluation.num_samples` images (same split and
+seeded order), so their features come from the same cache; `num_reference` and `reference_stats` do not apply.
 """
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ from pathlib import Path
 
 import torch
 
-from evaluation.extractors import UInt8Images, to_uint8_rgb
-from evaluation.generation import MIN_SAMPLES, fidelity_metrics, reference_set, resolve_extractor
+from evaluation.extractors import to_uint8_rgb
+from evaluation.generation import MIN_SAMPLES, prepare_scorer, score_images
+from evaluation.reference import reference_set
 from evaluation.report_card import META_KEY, MetricsReport
 from ldm.config import DataConfig, EvaluationConfig
 from ldm.errors import UserError
@@ -36,19 +37,15 @@ def compute_reconstruction_metrics(first_stage: FirstStage, data: DataConfig, ev
         raise UserError(f"{len(reference)} reference images are too few for rFID; allowed: evaluation.num_samples "
                         f">= {MIN_SAMPLES} from a split at least that large")
     batches = list(reference.float_batches(evaluation.batch_size))
-    reconstructions = UInt8Images(reconstruct(first_stage, batches))
+    reconstructions = reconstruct(first_stage, batches)
     rate_distortion = evaluate_rate_distortion(first_stage, batches)
     report: MetricsReport = rate_distortion.as_metrics()
-    weights: dict[str, str] = {}
-    for name in evaluation.extractors:
-        extractor = resolve_extractor(name, data, workdir, evaluation.inception_weights)
-        fid = fidelity_metrics(reconstructions, reference, extractor, metrics={"fid"},
-                               kid_subset_size=len(reference), seed=evaluation.seed,
-                               batch_size=evaluation.batch_size, workdir=workdir)
-        report[f"rfid_{name}"] = fid[f"fid_{name}"]
-        weights[name] = extractor.weights
+    scorer = prepare_scorer(data, evaluation, workdir, len(reference), reference=reference, metrics={"fid"})
+    scored = score_images(reconstructions, scorer)
+    meta = scored.pop(META_KEY)
+    report.update({f"r{name}": value for name, value in scored.items()})
     report[META_KEY] = {
         "num_reference": len(reference), "reference": f"{data.name}/{evaluation.reference_split}",
-        "seed": evaluation.seed, "extractor_weights": weights,
+        "seed": evaluation.seed, "extractor_weights": meta["extractor_weights"],
     }
     return report

@@ -225,7 +225,21 @@ class EvaluationConfig(Section):
     fid_every: int | None = Field(None, ge=1, description="diffusion steps between intermediate FIDs")
     fid_every_samples: int = Field(200, ge=10, description="samples per intermediate FID")
     inception_weights: Path | None = Field(None, description="torch-fidelity inception-v3-compat weights file")
+    num_reference: int | None = Field(None, ge=10, description="reference images for FID/KID/PRC; None: as many "
+                                      "as are generated")
+    reference_stats: Path | None = Field(None, description="npz with mu and sigma (and features for KID and "
+                                         "precision/recall), e.g. from `ldm eval ref`, used instead of the split; "
+                                         "needs exactly one extractor")
+    samples_npz: bool = Field(False, description="also write the samples as an ADM-evaluator sample batch "
+                              "(arr_0, uint8 NHWC) beside metrics.json")
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_extractor_per_statistics_file(self) -> EvaluationConfig:
+        if self.reference_stats is not None and len(self.extractors) != 1:
+            raise ValueError(f"evaluation.reference_stats is set with evaluation.extractors={self.extractors}; "
+                             "allowed: exactly one extractor, the one the file was made for")
+        return self
 
 
 class TrackingConfig(Section):
@@ -294,7 +308,8 @@ class ExperimentConfig(Section):
         for stage in ("autoencoder", "diffusion"):  # the same sums, split into other passes
             d["training"][stage].pop("micro_batch_size")
         d["training"]["diffusion"].pop("cache_latents")  # the same posteriors, computed once
-        d["evaluation"].pop("inception_weights")
+        for output_only in ("inception_weights", "samples_npz"):
+            d["evaluation"].pop(output_only)
         return d
 
     def config_hash(self) -> str:

@@ -25,6 +25,8 @@ class FidelityExtractor:
     """Provenance of the weights, logged as the `ldm.extractor_weights` tag."""
     cache_tag: str
     """Short identity of the weights; part of reference-feature cache names so new weights never reuse old features."""
+    feature_dim: int
+    """Width of the features FID, KID and precision/recall use (what a reference-statistics file must match)."""
     isc_unavailable: str | None = None
     """Why these weights cannot give an Inception Score (no class logits); None when they can."""
     weights_sha256: str | None = None

@@ -38,6 +38,7 @@ TORCHSCRIPT_NO_ISC = (
     f"put torch-fidelity's {STANDARD_WEIGHTS_FILE} in $TORCH_HOME/hub/checkpoints or set evaluation.inception_weights"
 )
 INPUT_SIZE = 299
+FEATURE_DIM = 2048  # the pool features of both Inception copies
 
 
 def verify_sha256(path: Path, expected: str) -> None:
@@ -93,7 +94,7 @@ def resolve_inception(explicit_weights: Path | None = None) -> FidelityExtractor
         return FidelityExtractor(
             name="inception", fidelity_name=VERIFIED_STANDARD_NAME, weights_path=standard,
             weights=f"torch-fidelity:{STANDARD_NAME} {standard.name} sha256:{sha[:12]}", cache_tag=f"tf{sha[:8]}",
-            weights_sha256=sha,
+            feature_dim=FEATURE_DIM, weights_sha256=sha,
         )
     path = torchscript_weights_path()
     if not path.is_file():
@@ -102,7 +103,7 @@ def resolve_inception(explicit_weights: Path | None = None) -> FidelityExtractor
     return FidelityExtractor(
         name="inception", fidelity_name=TORCHSCRIPT_NAME, weights_path=path,
         weights=f"torchscript:{TORCHSCRIPT_DISTRIBUTION}=={version} {path.name} sha256:{TORCHSCRIPT_SHA256[:8]}...",
-        cache_tag=f"ts{TORCHSCRIPT_SHA256[:8]}", isc_unavailable=TORCHSCRIPT_NO_ISC,
+        cache_tag=f"ts{TORCHSCRIPT_SHA256[:8]}", feature_dim=FEATURE_DIM, isc_unavailable=TORCHSCRIPT_NO_ISC,
     )
 
 

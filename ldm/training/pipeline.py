@@ -108,18 +108,20 @@ class LatentDiffusionPipeline:
         """`n` images as float (N, C, H, W) in [-1, 1], sampled in batches of `batch_size` (see the module doc)."""
         sampling = sampling or self.config.diffusion.sampling
         conditions = self.complete_conditions(n, conditions, generator)
+        return torch.cat([self.sample_batch(min(batch_size, n - start), conditions[start:start + batch_size], sampling,
+                                            generator) for start in range(0, n, batch_size)])
+
+    @torch.no_grad()
+    def sample_batch(self, size: int, conditions: ConditionInputs, sampling: SamplingConfig,
+                     generator: torch.Generator | None) -> Tensor:
+        """`size` images as float (B, C, H, W) in [-1, 1] on the CPU, for `size` complete (checked) conditions."""
         shape = self.first_stage.latent_shape(self.config.data.resolution)
-        chunks = []
-        for start in range(0, n, batch_size):
-            part = slice(start, min(n, start + batch_size))
-            size = part.stop - part.start
-            cond = self.condition(conditions[part].to(self.device))
-            uncond = self.conditioner.null(size)
-            with autocast(self.device):
-                latents = sample(self.denoiser, self.diffusion, (size, *shape), sampling, cond, uncond, generator,
-                                 self.device)
-                chunks.append(self.first_stage.decode(latents / self.scale_factor).float().clamp(-1, 1))
-        return torch.cat(chunks).cpu()
+        cond = self.condition(conditions.to(self.device))
+        uncond = self.conditioner.null(size)
+        with autocast(self.device):
+            latents = sample(self.denoiser, self.diffusion, (size, *shape), sampling, cond, uncond, generator,
+                             self.device)
+            return self.first_stage.decode(latents / self.scale_factor).float().clamp(-1, 1).cpu()
 
     def generate(self, n: int, *, conditions: ConditionInputs = ConditionInputs(),
                  sampling: SamplingConfig | None = None, generator: torch.Generator | None = None,

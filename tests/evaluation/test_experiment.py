@@ -5,17 +5,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
 
 from evaluation.cost import cpu_peak_resettable
-from evaluation.experiment import draw_conditions, evaluate_experiment, generate_timed, intermediate_fid
+from evaluation.experiment import draw_conditions, evaluate_experiment, intermediate_fid
 from evaluation.extractors.domain import load_domain_extractor
 from evaluation.generation import compute_generation_metrics, conditioning_accuracy
 from evaluation.metric_catalog import metric_info
-from ldm.config import Override, load_config
+from evaluation.sampling import batch_generator, sample_batches
+from ldm.config import EvaluationConfig, Override, load_config
 from ldm.data.registry import build_dataset
+from ldm.distributed import Ranks
 from ldm.errors import UserError
 from ldm.diffusion.conditioning import ConditionInputs
 from ldm.paths import WORKDIR_ENV
@@ -23,6 +26,13 @@ from ldm.tracking import NullTracker
 from ldm.training.diffusion_stage import train_diffusion
 from ldm.training.pipeline import LatentDiffusionPipeline
 from ldm_cli.main import app
+
+
+def streamed(pipeline: LatentDiffusionPipeline, inputs: ConditionInputs, evaluation: EvaluationConfig) -> torch.Tensor:
+    """The evaluation's samples as one tensor, from the same stream the metrics read."""
+    return torch.cat([batch.images for batch in sample_batches(
+        pipeline, inputs, evaluation.num_samples, pipeline.config.diffusion.sampling, evaluation.seed,
+        evaluation.batch_size, Ranks())])
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +49,17 @@ def class_model(workdir: Path) -> Path:
 def test_every_metric_family_with_guidance_and_ddim_variants(class_model: Path, workdir: Path) -> None:
     out = workdir / "class-metrics.json"
     report = evaluate_experiment(None, class_model, workdir, overrides=[
-        Override("evaluation.guidance_scales", [1.0, 3.0]), Override("evaluation.ddim_steps", [1])], out=out)
+        Override("evaluation.guidance_scales", [1.0, 3.0]), Override("evaluation.ddim_steps", [1]),
+        Override("evaluation.samples_npz", True)], out=out)
     written = json.loads(out.read_text())
+    # One ADM sample batch per variant beside metrics.json; the base-scale guidance variant repeats the samples
+    # (micro has no attention, so its context, and guidance, change nothing: fewer steps are what differs).
+    batches = {name: np.load(workdir / f"{name}.npz", allow_pickle=False)["arr_0"]
+               for name in ("samples", "samples-g1", "samples-g3", "samples-ddim1")}
+    assert all(arr.shape == (20, 16, 16, 3) and arr.dtype == np.uint8 for arr in batches.values())
+    assert np.array_equal(batches["samples"], batches["samples-g1"])
+    assert not np.array_equal(batches["samples"], batches["samples-ddim1"])
+    assert written["meta"]["samples_npz"] == str(workdir / "samples.npz")
     assert set(written) == set(report)
     for name in ["fid_domain", "kid_domain", "precision_domain", "recall_domain", "is_domain", "cond_accuracy",
                  "rfid_domain", "psnr", "ssim", "bpp", "params_unet", "params_cond", "unet_gflops",
@@ -92,8 +111,7 @@ def test_text_model_is_evaluated_with_the_labels_of_its_prompts(workdir: Path) -
     for prompt, label in zip(prompts, labels, strict=True):
         assert pipeline.dataset.class_names[int(label)] in prompt
     report = evaluate_experiment(None, checkpoint, workdir, out=workdir / "text.json")
-    images, _ = generate_timed(pipeline, drawn.inputs, len(prompts), pipeline.config.diffusion.sampling,
-                               pipeline.config.evaluation.seed, pipeline.config.evaluation.batch_size)
+    images = streamed(pipeline, drawn.inputs, pipeline.config.evaluation)
     classifier = load_domain_extractor(pipeline.config.data, workdir)
     assert report["cond_accuracy"] == conditioning_accuracy(images, labels, classifier)
 
@@ -108,8 +126,7 @@ def test_inpainting_model_is_evaluated_on_masked_reference_images(workdir: Path)
     evaluation = pipeline.config.evaluation
     drawn = draw_conditions(pipeline, evaluation, workdir)
     assert drawn.inputs.masked_images is not None and drawn.inputs.masks is not None and drawn.target_labels is None
-    images, _ = generate_timed(pipeline, drawn.inputs, evaluation.num_samples, pipeline.config.diffusion.sampling,
-                               evaluation.seed, evaluation.batch_size)
+    images = streamed(pipeline, drawn.inputs, evaluation)
     expected = compute_generation_metrics(images, pipeline.config.data, evaluation, workdir)
     assert report["fid_domain"] == expected["fid_domain"]
 
@@ -167,13 +184,25 @@ def test_eval_refuses_more_samples_than_the_reference_split_before_generating(
     def generate(*args: object, **kwargs: object) -> None:
         raise AssertionError("generated before the sample count was checked")
 
-    monkeypatch.setattr(LatentDiffusionPipeline, "generate", generate)
+    monkeypatch.setattr(LatentDiffusionPipeline, "sample_batch", generate)
     split = len(build_dataset(load_config(preset="micro").data, "test", workdir))
     result = CliRunner().invoke(app, ["--workdir", str(workdir), "eval", "--checkpoint", str(class_model),
                                       "--num-samples", str(split + 1)], env={WORKDIR_ENV: str(workdir)})
     assert result.exit_code == 1, result.output
     assert result.output == (f"Error: evaluation.num_samples={split + 1} exceeds the {split} images of reference split "
                              f"'test'; allowed: <= {split}, or another evaluation.reference_split\n")
+
+
+def test_bad_reference_stats_fail_before_sampling(class_model: Path, workdir: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    def sample(*args: object, **kwargs: object) -> None:
+        raise AssertionError("sampled before the reference statistics were checked")
+
+    monkeypatch.setattr(LatentDiffusionPipeline, "sample_batch", sample)
+    bad = workdir / "inception-sized.npz"
+    np.savez(bad, mu=np.zeros(2048), sigma=np.eye(2048))
+    with pytest.raises(UserError, match=rf"^evaluation.reference_stats='{bad}' holds mu \(2048,\) and sigma "):
+        evaluate_experiment(None, class_model, workdir, overrides=[Override("evaluation.reference_stats", str(bad))])
 
 
 def test_intermediate_fid_refuses_more_samples_than_the_reference_split_before_training(workdir: Path) -> None:
@@ -188,10 +217,14 @@ def test_intermediate_fid_refuses_more_samples_than_the_reference_split_before_t
     assert intermediate_fid(load_config(preset="micro"), workdir) is None  # no fid_every: nothing to check
 
 
-def test_metrics_see_the_pipelines_own_pixels(class_model: Path) -> None:
+def test_each_batch_is_the_pipelines_own_pixels_from_its_own_seed(class_model: Path) -> None:
     pipeline = LatentDiffusionPipeline.from_checkpoint(class_model)
-    labels = torch.tensor([0, 1, 2, 3])
-    images, _ = generate_timed(pipeline, ConditionInputs(labels=labels), 4, pipeline.config.diffusion.sampling, 5, 4)
-    direct = pipeline.generate(4, conditions=ConditionInputs(labels=labels), generator=torch.Generator().manual_seed(5),
-                               batch_size=4)
-    assert torch.equal(images, direct.expand(-1, 3, -1, -1))
+    labels = torch.tensor([0, 1, 2, 3, 4, 0])
+    evaluation = pipeline.config.evaluation.model_copy(update={"num_samples": 6, "batch_size": 4, "seed": 5})
+    images = streamed(pipeline, ConditionInputs(labels=labels), evaluation)
+    for batch, part in enumerate([slice(0, 4), slice(4, 6)]):
+        direct = pipeline.generate(part.stop - part.start, conditions=ConditionInputs(labels=labels[part]),
+                                   generator=batch_generator(5, batch), batch_size=4)
+        assert torch.equal(images[part], direct.expand(-1, 3, -1, -1))
+    other_seed = pipeline.generate(2, conditions=ConditionInputs(labels=labels[4:]), generator=batch_generator(5, 0))
+    assert not torch.equal(images[4:], other_seed.expand(-1, 3, -1, -1))

@@ -1,4 +1,4 @@
-"""Generation metrics through torch-fidelity: known orderings and zeros, seeds, caching and the library's traps."""
+"""Generation metrics through torch-fidelity: known orderings and zeros, seeds, the reference cache, bad inputs."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 import torch
-import torch_fidelity
-import torch_fidelity.utils
 
+import evaluation.reference
 from evaluation.extractors.domain import load_domain_extractor
 from evaluation.extractors.inception import TORCHSCRIPT_NO_ISC
-from evaluation.generation import compute_generation_metrics, conditioning_accuracy, reference_set
+from evaluation.generation import compute_generation_metrics, conditioning_accuracy
+from evaluation.reference import reference_set
 from evaluation.metric_catalog import CATALOG
 from evaluation.report_card import META_KEY, metric_values
 from ldm.config import DataConfig, EvaluationConfig
@@ -29,8 +29,7 @@ def domain_eval(**overrides: Any) -> EvaluationConfig:
 
 
 def reference_images(workdir: Path, n: int, seed: int = 0) -> torch.Tensor:
-    images = reference_set(MNIST, "test", n, seed, workdir).uint8_images()
-    return torch.stack([images[i] for i in range(len(images))])
+    return torch.cat(list(reference_set(MNIST, "test", n, seed, workdir).uint8_batches(n)))
 
 
 def train_images(workdir: Path, n: int) -> torch.Tensor:
@@ -40,20 +39,6 @@ def train_images(workdir: Path, n: int) -> torch.Tensor:
 
 def noise_images(n: int) -> torch.Tensor:
     return torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
-
-
-@pytest.fixture
-def fidelity_calls(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    """Every calculate_metrics call's kwargs; the real function still runs."""
-    calls: list[dict[str, Any]] = []
-    real = torch_fidelity.calculate_metrics
-
-    def spy(**kwargs: Any) -> dict[str, float]:
-        calls.append(kwargs)
-        return real(**kwargs)
-
-    monkeypatch.setattr(torch_fidelity, "calculate_metrics", spy)
-    return calls
 
 
 def test_domain_fid_of_reference_against_itself_is_zero(mnist_workdir: Path) -> None:
@@ -114,65 +99,59 @@ def test_reference_is_first_n_of_seeded_order(mnist_workdir: Path) -> None:
     assert torch.equal(reference_images(mnist_workdir, 12, seed=7)[:5], expected)
 
 
-def test_kid_subset_larger_than_samples_is_clamped_and_reported(mnist_workdir: Path,
-                                                                fidelity_calls: list[dict[str, Any]]) -> None:
+def test_kid_subset_larger_than_samples_is_clamped_and_reported(mnist_workdir: Path) -> None:
     report = compute_generation_metrics(train_images(mnist_workdir, 30), MNIST,
                                         domain_eval(kid_subset_size=1000), mnist_workdir)
-    assert fidelity_calls[0]["kid_subset_size"] == 30
     meta = report[META_KEY]
     assert meta["kid_subset_size"] == 30 and meta["num_samples"] == 30 and meta["num_reference"] == 30
     assert "kid_subset_size=1000 clamped to 30 = min(requested, 30 generated, 30 reference)" in meta["notes"]
     assert math.isfinite(report["kid_domain"])
 
 
-def test_kid_subset_within_samples_is_kept(mnist_workdir: Path, fidelity_calls: list[dict[str, Any]]) -> None:
+def test_kid_subset_within_samples_is_kept(mnist_workdir: Path) -> None:
     report = compute_generation_metrics(train_images(mnist_workdir, 30), MNIST,
                                         domain_eval(kid_subset_size=20), mnist_workdir)
-    assert fidelity_calls[0]["kid_subset_size"] == 20 and report[META_KEY]["notes"] == []
+    assert report[META_KEY]["kid_subset_size"] == 20 and report[META_KEY]["notes"] == []
 
 
-def test_cuda_flag_follows_availability_and_num_classes_is_never_passed(
-    mnist_workdir: Path, fidelity_calls: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    compute_generation_metrics(train_images(mnist_workdir, 20), MNIST, domain_eval(), mnist_workdir)
-    assert fidelity_calls[-1]["cuda"] is torch.cuda.is_available()
-
-    def stub(**kwargs: Any) -> dict[str, float]:
-        fidelity_calls.append(kwargs)
-        return {torch_fidelity.KEY_METRIC_FID: 1.0}
-
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch_fidelity, "calculate_metrics", stub)
-    report = compute_generation_metrics(train_images(mnist_workdir, 20), MNIST, domain_eval(), mnist_workdir)
-    assert fidelity_calls[-1]["cuda"] is True and report["fid_domain"] == 1.0
-    assert all("num_classes" not in key for call in fidelity_calls for key in call)
+def test_num_reference_sets_the_reference_size_apart_from_the_samples(mnist_workdir: Path) -> None:
+    report = compute_generation_metrics(train_images(mnist_workdir, 30), MNIST,
+                                        domain_eval(num_reference=50, kid_subset_size=40), mnist_workdir)
+    meta = report[META_KEY]
+    assert meta["num_samples"] == 30 and meta["num_reference"] == 50 and meta["kid_subset_size"] == 30
+    same_size = compute_generation_metrics(train_images(mnist_workdir, 30), MNIST, domain_eval(), mnist_workdir)
+    assert same_size[META_KEY]["num_reference"] == 30 and same_size["fid_domain"] != report["fid_domain"]
+    with pytest.raises(UserError, match="^evaluation.num_reference=20000 exceeds the 10000 images of reference split"):
+        compute_generation_metrics(train_images(mnist_workdir, 30), MNIST, domain_eval(num_reference=20000),
+                                   mnist_workdir)
 
 
-def test_generated_never_cached_reference_cached_once(tmp_path: Path, mnist_workdir: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_generated_never_cached_reference_cached_once_per_protocol(tmp_path: Path, mnist_workdir: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     workdir = tmp_path / "work"
     # Reuse the trained classifier and decoded MNIST; start with an empty feature cache.
     (workdir / "cache").mkdir(parents=True)
     for part in ("domain", "mnist"):
         (workdir / "cache" / part).symlink_to(mnist_workdir / "cache" / part)
     extracted: list[int] = []
-    real = torch_fidelity.utils.get_featuresdict_from_dataset
+    real = evaluation.reference.extract
 
-    def counting(input: Any, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
-        extracted.append(len(input))
-        return real(input, *args, **kwargs)
+    def counting(reference: Any, *args: Any) -> torch.Tensor:
+        extracted.append(len(reference))
+        return real(reference, *args)
 
-    monkeypatch.setattr(torch_fidelity.utils, "get_featuresdict_from_dataset", counting)
-    fidelity_cache = workdir / "cache" / "fidelity"
+    monkeypatch.setattr(evaluation.reference, "extract", counting)
+    cache = workdir / "cache" / "reference"
     first = compute_generation_metrics(train_images(mnist_workdir, 40), MNIST, domain_eval(), workdir)
-    after_first = sorted(p.name for p in fidelity_cache.iterdir())
+    after_first = sorted(p.name for p in cache.iterdir())
     second = compute_generation_metrics(noise_images(40), MNIST, domain_eval(), workdir)
-    after_second = sorted(p.name for p in fidelity_cache.iterdir())
-    assert extracted == [40, 40, 40]  # generated, reference, generated: the reference once
-    assert after_first == after_second and after_first
-    reference_name = reference_set(MNIST, "test", 40, 0, workdir).cache_stem
-    assert all(name.startswith(reference_name) for name in after_first)
+    assert extracted == [40] and sorted(p.name for p in cache.iterdir()) == after_first
+    assert len(after_first) == 1 and after_first[0].startswith("mnist-test-32px-1ch-n40-seed0-")
     assert first["fid_domain"] < second["fid_domain"]
+    # Another count or seed is another reference set: extracted once more each, into its own file.
+    compute_generation_metrics(noise_images(40), MNIST, domain_eval(seed=1), workdir)
+    compute_generation_metrics(noise_images(40), MNIST, domain_eval(num_reference=50), workdir)
+    assert extracted == [40, 40, 50] and len(list(cache.iterdir())) == 3
 
 
 def test_too_few_or_wrong_images_are_refused(mnist_workdir: Path) -> None:
