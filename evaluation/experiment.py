@@ -19,7 +19,7 @@ from evaluation.sampling import Stopwatch, sample_batches
 from ldm.config import EvaluationConfig, ExperimentConfig, Override, SamplingConfig, build_config
 from ldm.data.registry import build_dataset
 from ldm.diffusion.conditioning import EvaluationConditions
-from ldm.distributed import current_ranks, init_distributed, rank_device
+from ldm.distributed import current_ranks, init_distributed
 from ldm.tracking import NullTracker, Tag, Tracker
 from ldm.training.device import resolve_device
 from ldm.training.pipeline import LatentDiffusionPipeline
@@ -116,9 +116,8 @@ def evaluate_experiment(cfg: ExperimentConfig | None, checkpoint: Path, workdir:
     Under torchrun every rank samples its share; rank 0 writes and logs.
     """
     tracker = tracker or NullTracker()
-    device = resolve_device(cfg.training.device if cfg else "auto")
-    ranks = init_distributed(device)  # joins the job when torchrun started this process
-    device = rank_device(device, ranks)
+    ranks = init_distributed()  # joins the job when torchrun started this process
+    device = resolve_device(cfg.training.device if cfg else "auto")  # each rank's own GPU
     memory = PeakMemory(device)  # from here: the peak of this evaluation, the model included, not of training
     pipeline = LatentDiffusionPipeline.from_checkpoint(checkpoint, device=device)
     cfg = build_config((cfg or pipeline.config).model_dump(mode="json"), overrides)
