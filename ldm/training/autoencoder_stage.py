@@ -39,7 +39,7 @@ from ldm.training.checkpoint import (
 )
 from ldm.training.device import Batch, prepare_module, resolve_device
 from ldm.training.loop import Stage, StepLosses, train_stage
-from ldm.training.sharding import StepNoise
+from ldm.training.sharding import StepNoise, check_layouts
 
 CHECKPOINT_NAME = "autoencoder.pt"
 METRICS_NAME = "metrics.json"
@@ -122,6 +122,7 @@ def train_autoencoder(cfg: ExperimentConfig, workdir: Path, tracker: Tracker = N
     reuses one not uploaded to its own tracking store uploads it there.
     """
     ranks = current_ranks()
+    check_layouts(cfg.training, ranks)
     tracker = main_rank_tracker(tracker, ranks)
     path = first_stage_checkpoint(cfg, workdir)
     step = cfg.training.autoencoder.steps

@@ -28,7 +28,7 @@ from ldm.training.device import Batch, maybe_compile, prepare_module, resolve_de
 from ldm.training.latent_cache import MEAN_KEY, cached_latents, cached_posterior
 from ldm.training.loop import OnEval, PeriodicEval, Stage, StepLosses, TrainedStage, train_stage
 from ldm.training.pipeline import LatentDiffusionPipeline, build_denoiser, encode_latents
-from ldm.training.sharding import StepNoise
+from ldm.training.sharding import StepNoise, check_layouts
 
 CHECKPOINT_NAME = "diffusion.pt"
 PREVIEW_IMAGES = 16
@@ -95,6 +95,7 @@ def train_diffusion(cfg: ExperimentConfig, workdir: Path, tracker: Tracker = Nul
     `evaluation.fid_every`, `intermediate(pipeline)` is measured on the EMA weights every `fid_every` steps.
     """
     ranks = current_ranks()
+    check_layouts(cfg.training, ranks)
     tracker = main_rank_tracker(tracker, ranks)
     if first_stage_ckpt is None:
         first_stage_ckpt = train_autoencoder(cfg, workdir, tracker)

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Sampler
 
-from ldm.config import StageTrainingConfig
+from ldm.config import StageTrainingConfig, TrainingConfig
 from ldm.distributed import Ranks
 from ldm.errors import UserError
 
@@ -56,6 +56,12 @@ class BatchLayout:
         """The per-sample random numbers of this rank's micro-batch `micro` of optimiser step `step`."""
         generator = torch.Generator(device).manual_seed(step_seed(seed, step))
         return StepNoise(generator, self.global_size, self.rows(micro))
+
+
+def check_layouts(training: TrainingConfig, ranks: Ranks) -> None:
+    """Both stages' batches split evenly over `ranks`: checked before either stage starts."""
+    BatchLayout.of(training.autoencoder, ranks, "autoencoder")
+    BatchLayout.of(training.diffusion, ranks, "diffusion")
 
 
 def step_seed(seed: int, step: int) -> int:
