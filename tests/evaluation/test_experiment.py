@@ -35,17 +35,6 @@ def streamed(pipeline: LatentDiffusionPipeline, inputs: ConditionInputs, evaluat
         evaluation.batch_size, Ranks())])
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("work")
-
-
-@pytest.fixture(scope="module")
-def class_model(workdir: Path) -> Path:
-    cfg = load_config(preset="micro", overrides=[Override("diffusion.conditioning", "class")])
-    return train_diffusion(cfg, workdir)
-
-
 def test_every_metric_family_with_guidance_and_ddim_variants(class_model: Path, workdir: Path) -> None:
     out = workdir / "class-metrics.json"
     report = evaluate_experiment(None, class_model, workdir, overrides=[

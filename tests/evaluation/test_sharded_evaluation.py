@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,36 +15,18 @@ import torch
 from evaluation.experiment import draw_conditions, sample_metrics
 from evaluation.generation import prepare_scorer
 from evaluation.sampling import sample_batches
-from ldm.config import Override, load_config
 from ldm.distributed import Ranks
-from ldm.training.diffusion_stage import train_diffusion
 from ldm.training.pipeline import LatentDiffusionPipeline
+from servers import free_port  # tests/servers.py, on the path through conftest
 
 WORKER = Path(__file__).with_name("sharded_eval_worker.py")
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("sharded")
-
-
-@pytest.fixture(scope="module")
-def class_model(workdir: Path) -> Path:
-    cfg = load_config(preset="micro", overrides=[Override("diffusion.conditioning", "class")])
-    return train_diffusion(cfg, workdir)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_ranks(world_size: int, checkpoint: Path, workdir: Path, out: Path, *mode: str) -> dict:
     """The worker on `world_size` processes with torchrun's variables; rank 0's result (or metrics.json)."""
     out.mkdir()
-    port = _free_port()
+    port = free_port()
     procs = []
     for rank in range(world_size):
         env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size),
