@@ -298,12 +298,10 @@ class ExperimentConfig(Section):
         atomic_write_text(Path(path), self.to_yaml())
 
     def semantic_dict(self) -> dict[str, Any]:
-        """Fields that change results: no paths, tracking, worker counts, micro-batch sizes, latent caching or
-        run name."""
+        """Fields that change results: no paths (but a folder's or shards' root, which is the data), tracking,
+        worker counts, micro-batch sizes, latent caching or run name."""
         d = self.model_dump(mode="json", exclude={"name": True, "tracking": True})
-        d["data"].pop("root")
-        d["data"].pop("shards")
-        d["data"].pop("download")
+        d["data"] = self.data.identity()  # where data live counts only where the files are the data
         d["training"].pop("num_workers")
         for stage in ("autoencoder", "diffusion"):  # the same sums, split into other passes
             d["training"][stage].pop("micro_batch_size")

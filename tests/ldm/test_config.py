@@ -171,3 +171,12 @@ def test_data_identity_keeps_the_root_only_where_it_is_the_data() -> None:
     for own in own_files:
         assert identity(own, "/a") != identity(own, "/b")
     assert identity("mnist", "/a") == identity("mnist", "/b")
+
+
+def test_a_folder_of_other_images_is_another_experiment_and_first_stage() -> None:
+    def hashes(name: str, root: str) -> tuple[str, str]:
+        cfg = load_config(preset="tiny", overrides=[Override("data.name", name), Override("data.root", root)])
+        return cfg.config_hash(), cfg.first_stage_hash()
+
+    assert hashes("folder", "/data/faces") != hashes("folder", "/data/cars")
+    assert hashes("mnist", "/data/a") == hashes("mnist", "/data/b")  # only where MNIST is kept
