@@ -10,7 +10,6 @@ is passed to torchrun, which stops its ranks.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import subprocess
 import sys
@@ -74,7 +73,7 @@ def run_on_ranks(job: TrialJob, ranks: int) -> dict[str, Any]:
     job.result.unlink(missing_ok=True)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}",
                "-m", "sweeps.trial_job", str(job_file)]
-    launcher = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+    launcher = subprocess.Popen(command)  # torchrun gives each rank one OpenMP thread unless told otherwise
     try:
         code = launcher.wait()
     except BaseException:  # the worker was told to stop: so are the ranks
