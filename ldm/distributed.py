@@ -37,12 +37,6 @@ class Ranks:
     def distributed(self) -> bool:
         return self.world_size > 1
 
-    def shard(self, n: int) -> range:
-        """This rank's contiguous share of n items; shares differ in size by at most one, rank order = item order."""
-        per, extra = divmod(n, self.world_size)
-        start = self.rank * per + min(self.rank, extra)
-        return range(start, start + per + (1 if self.rank < extra else 0))
-
     def all_reduce_mean_(self, tensor: Tensor) -> Tensor:
         """Average `tensor` over ranks in place (every rank gets the same bits)."""
         if self.distributed:

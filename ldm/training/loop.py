@@ -321,7 +321,6 @@ def _optimise(step_fn: TrainingStep, batches: Iterator[Batch], layout: BatchLayo
     and averaged over ranks; returns the first group's loss and the stats, both means over the global batch."""
     grads: dict[str, list[Tensor | None]] = {name: [None] * len(params) for name, params in groups.items()}
     values: dict[str, float] = {}
-    stats: dict[str, float] = {}
     for micro in range(layout.accumulation):
         batch = batch_to(next(batches), device)
         with autocast(device):
@@ -332,11 +331,9 @@ def _optimise(step_fn: TrainingStep, batches: Iterator[Batch], layout: BatchLayo
             # a group without a loss this step (a discriminator before it starts) is left as it is.
             new = torch.autograd.grad(out.losses[name], groups[name], retain_graph=name != present[-1],
                                       allow_unused=True)
-            grads[name] = [g if old is None else old + g if g is not None else old
-                           for old, g in zip(grads[name], new, strict=True)]
+            grads[name] = [_summed(old, g) for old, g in zip(grads[name], new, strict=True)]
         for key, value in ({name: out.losses[name].detach() for name in present} | out.stats).items():
             values[key] = values.get(key, 0.0) + float(value) / layout.accumulation
-        stats = out.stats
     means = _mean_over_ranks(values, layout.ranks)
     bad = next((means[name] for name in present if not math.isfinite(means[name])), None)
     if bad is not None:
@@ -350,7 +347,14 @@ def _optimise(step_fn: TrainingStep, batches: Iterator[Batch], layout: BatchLayo
             group["lr"] = lr_at(step, settings)
     for opt in optimizers.values():
         opt.step()
-    return means[present[0]], {key: means[key] for key in stats}
+    return means[present[0]], {key: means[key] for key in out.stats}
+
+
+def _summed(total: Tensor | None, grad: Tensor | None) -> Tensor | None:
+    """A gradient summed over passes; None (an unused parameter) adds nothing."""
+    if total is None or grad is None:
+        return grad if total is None else total
+    return total + grad
 
 
 def _mean_over_ranks(values: dict[str, float], ranks: Ranks) -> dict[str, float]:
