@@ -14,6 +14,7 @@ from evaluation.extractors import to_uint8_rgb
 from evaluation.generation import MIN_SAMPLES, prepare_scorer, score_images
 from evaluation.reference import reference_set
 from evaluation.report_card import META_KEY, MetricsReport
+from ldm import progress
 from ldm.config import DataConfig, EvaluationConfig
 from ldm.errors import UserError
 from ldm.first_stage import FirstStage, evaluate_rate_distortion, evaluating
@@ -22,10 +23,12 @@ from ldm.first_stage import FirstStage, evaluate_rate_distortion, evaluating
 def reconstruct(first_stage: FirstStage, batches: list[torch.Tensor]) -> torch.Tensor:
     """uint8 RGB reconstructions from the posterior mode, as `evaluate_rate_distortion` measures them."""
     outputs = []
-    with evaluating(first_stage):
+    with evaluating(first_stage), progress.board().stage("evaluation: reconstructions", sum(map(len, batches)),
+                                                         unit="img") as bar:
         for images in batches:
             x = first_stage.on_device(images)
             outputs.append(to_uint8_rgb(first_stage.decode(first_stage.encode(x).mode())))
+            bar.advance(bar.completed + len(images))
     return torch.cat(outputs)
 
 

@@ -24,7 +24,7 @@ import torch
 from evaluation.extractors import FidelityExtractor
 from evaluation.extractors.resolve import resolve_extractor
 from evaluation.features import LoadedExtractor, ReferenceFeatures
-from ldm import __version__
+from ldm import __version__, progress
 from ldm.config import DataConfig, EvaluationConfig, Split
 from ldm.data.base import ImageDataset
 from ldm.data.registry import build_dataset
@@ -96,7 +96,12 @@ def evaluation_reference(data: DataConfig, evaluation: EvaluationConfig, workdir
 
 def extract(reference: ReferenceSet, extractor: LoadedExtractor, batch_size: int) -> torch.Tensor:
     """The FID/KID/PRC features of every reference image, batch by batch."""
-    return torch.cat([extractor(batch)[extractor.layer] for batch in reference.uint8_batches(batch_size)])
+    parts = []
+    with progress.board().stage(f"evaluation: reference features ({extractor.spec.name})", len(reference), unit="img") as bar:
+        for batch in reference.uint8_batches(batch_size):
+            parts.append(extractor(batch)[extractor.layer])
+            bar.advance(bar.completed + len(batch))
+    return torch.cat(parts)
 
 
 def cached_reference_features(reference: ReferenceSet, extractor: LoadedExtractor, batch_size: int,

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from evaluation.extractors import to_uint8_rgb
+from ldm import progress
 from ldm.config import SamplingConfig
 from ldm.diffusion.conditioning import ConditionInputs
 from ldm.distributed import Ranks
@@ -62,16 +63,19 @@ def sample_batches(pipeline: LatentDiffusionPipeline, conditions: ConditionInput
     conditions = pipeline.complete_conditions(n, conditions, torch.Generator().manual_seed(seed))
     num_batches = math.ceil(n / batch_size)
     side = pipeline.config.data.resolution
-    for step in range(math.ceil(num_batches / ranks.world_size)):
-        batch = step * ranks.world_size + ranks.rank
-        if batch >= num_batches:
-            yield SampleBatch(torch.zeros(0, dtype=torch.long), torch.zeros(0, 3, side, side, dtype=torch.uint8))
-            continue
-        part = slice(batch * batch_size, min(n, (batch + 1) * batch_size))
-        start = time.perf_counter()
-        images = to_uint8_rgb(pipeline.sample_batch(part.stop - part.start, conditions[part], sampling,
-                                                    batch_generator(seed, batch)))
-        if stopwatch is not None:
-            stopwatch.seconds += time.perf_counter() - start
-            stopwatch.images += len(images)
-        yield SampleBatch(torch.arange(part.start, part.stop), images)
+    with progress.stage("evaluation: generation", n, unit="img", shown=ranks.is_main) as bar:
+        for step in range(math.ceil(num_batches / ranks.world_size)):
+            batch = step * ranks.world_size + ranks.rank
+            if batch >= num_batches:
+                yield SampleBatch(torch.zeros(0, dtype=torch.long), torch.zeros(0, 3, side, side, dtype=torch.uint8))
+                continue
+            part = slice(batch * batch_size, min(n, (batch + 1) * batch_size))
+            start = time.perf_counter()
+            images = to_uint8_rgb(pipeline.sample_batch(part.stop - part.start, conditions[part], sampling,
+                                                        batch_generator(seed, batch)))
+            if stopwatch is not None:
+                stopwatch.seconds += time.perf_counter() - start
+                stopwatch.images += len(images)
+            if bar is not None:  # rank 0's batch is the first of its step: all ranks have made about as many
+                bar.advance(min(n, (batch + ranks.world_size) * batch_size))
+            yield SampleBatch(torch.arange(part.start, part.stop), images)

@@ -25,7 +25,9 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 from pydantic import BaseModel
+from rich.console import Console
 
+from ldm import progress
 from ldm.config import ExperimentConfig
 from ldm.errors import UserError
 from ldm.io import atomic_write_text
@@ -44,6 +46,7 @@ from sweeps.study import (
     RUN_ID_ATTR,
     STALE_REASON,
     claim_trial,
+    counts_toward_budget,
     enqueue_missing,
     load_study,
     objective_names,
@@ -89,6 +92,7 @@ class WorkerJob(BaseModel):
     budget: int | None
     deadline: float | None
     trial_fn: str
+    workers: int = 1
 
 
 class Interrupted(BaseException):
@@ -159,7 +163,7 @@ class TrialResult:
 
 
 def run_trial_in_study(job: WorkerJob, study: optuna.Study, liveness: Liveness, trial: optuna.Trial,
-                       trial_fn: TrialFn, stop: StopSignals, log: Log) -> TrialResult:
+                       trial_fn: TrialFn, stop: StopSignals, log: Log, worker_started: float) -> TrialResult:
     """One claimed trial under its heartbeat: its MLflow child run, the trial function, its final state."""
     started = time.monotonic()
     spec = job.spec
@@ -168,7 +172,8 @@ def run_trial_in_study(job: WorkerJob, study: optuna.Study, liveness: Liveness, 
         point = suggest_point(study, spec, trial)
         tracker = runs.start_trial_run(job.tracking, spec.name, trial.number, point)
         trial.set_user_attr(RUN_ID_ATTR, tracker.run_id)
-        ending = _run(job, study, trial, point, tracker, trial_fn, stop, log)
+        with progress.board().trial(trial_line(job, study, trial.number, point, worker_started, started)):
+            ending = _run(job, study, trial, point, tracker, trial_fn, stop, log)
     runs.end_trial_run(tracker, ending.outcome, ending.reason, ending.files)
     if ending.reason is not None:
         trial.set_user_attr(FAIL_REASON_ATTR, ending.reason)
@@ -177,6 +182,19 @@ def run_trial_in_study(job: WorkerJob, study: optuna.Study, liveness: Liveness, 
     study.tell(trial, ending.values, state=ending.state)
     named = dict(zip([o.metric for o in spec.objectives], ending.values or []))
     return TrialResult(trial.number, ending.state, point, time.monotonic() - started, named, ending.reason)
+
+
+def trial_line(job: WorkerJob, study: optuna.Study, number: int, point: TrialPoint, worker_started: float,
+               trial_started: float) -> progress.TrialLine:
+    """Trial k of the budget: k counts the finished trials and the running ones claimed before this one."""
+    trials = study.get_trials(deepcopy=False)
+    finished = [t for t in trials if counts_toward_budget(t)]
+    running_before = sum(t.state == TrialState.RUNNING and t.number < number for t in trials)
+    durations = [t.duration.total_seconds() for t in finished if t.duration is not None]
+    return progress.TrialLine(
+        k=len(finished) + running_before + 1, total=job.budget, label=runs.trial_run_name(point),
+        study_started=worker_started, trial_started=trial_started,
+        mean_trial_s=sum(durations) / len(durations) if durations else None, workers=job.workers)
 
 
 @contextlib.contextmanager
@@ -275,6 +293,7 @@ def run_worker(job: WorkerJob, trial_fn: TrialFn, stop: StopSignals, log: Log, c
     With nothing to claim, the worker stays while other workers' trials run, to take over any whose worker
     dies; it leaves once none runs. The time is up once `clock()` reaches `job.deadline`.
     """
+    started = time.monotonic()
     liveness = worker_liveness(job.storage, job.spec)
     study = load_study(job.spec.name, open_storage(job.storage, liveness), job.spec)
     waiting = False
@@ -286,7 +305,7 @@ def run_worker(job: WorkerJob, trial_fn: TrialFn, stop: StopSignals, log: Log, c
             _recover(job, study, liveness, log)
             trial = claim_trial(study, job.spec, job.budget, owner)
             if trial is not None:
-                log(run_trial_in_study(job, study, liveness, trial, trial_fn, stop, log).line())
+                log(run_trial_in_study(job, study, liveness, trial, trial_fn, stop, log, started).line())
                 waiting = False
                 continue
             running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
@@ -357,7 +376,8 @@ def run_sweep(spec: SweepSpec, workdir: Path, n_trials: int | None = None, worke
     tracking = _study_tracking(study, created, spec, resolve_tracking_uri(workdir, tracking_uri), workdir,
                                directory / runs.SPEC_ARTIFACT, log)
     job = WorkerJob(spec=spec, workdir=workdir, storage=location, tracking=tracking, budget=budget,
-                    deadline=clock() + spec.timeout_s if spec.timeout_s else None, trial_fn=fn_path)
+                    deadline=clock() + spec.timeout_s if spec.timeout_s else None, trial_fn=fn_path,
+                    workers=workers)
     stop = StopSignals()
     run_status, stopped = "FAILED", None
     request_stop(study, False)  # a run after `ldm sweep stop` resumes the study
@@ -492,7 +512,9 @@ def main(argv: list[str] | None = None) -> int:
     if trial_fn is None:
         raise UserError(f"trial function {job.trial_fn} not found")
     stop = StopSignals()
-    with stop.installed():
+    # Workers share the coordinator's terminal: plain lines, each naming its worker, instead of rival bars.
+    plain = progress.Board(Console(stderr=True, force_terminal=False), prefix=f"[w{args.index}] ")
+    with stop.installed(), progress.using(plain):
         run_worker(job, trial_fn, stop, lambda line: print(f"[w{args.index}] {line}", flush=True))
     return signal_exit(stop.signum)
 

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch_fidelity import FeatureExtractorBase
 
 from evaluation.extractors import FidelityExtractor, check_uint8_rgb, register_once
+from ldm import progress
 from ldm.config import DataConfig
 from ldm.data.catalog import dataset_provides
 from ldm.data.registry import build_dataset
@@ -145,13 +146,16 @@ def _train_into(path: Path, data: DataConfig, workdir: Path, recipe: DomainRecip
 
 def _fit(model: DomainClassifier, loader: DataLoader, optimizer: torch.optim.Optimizer,
          schedule: torch.optim.lr_scheduler.LRScheduler, epochs: int) -> None:
-    for _ in range(epochs):
-        for images, labels in loader:
-            loss = F.cross_entropy(model(images)[1], labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
+    with progress.board().stage("domain classifier (trained once per cache)", epochs * len(loader),
+                        unit="img", per_step=loader.batch_size or 1) as bar:
+        for _ in range(epochs):
+            for images, labels in loader:
+                loss = F.cross_entropy(model(images)[1], labels)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                bar.advance(bar.completed + 1)
 
 
 def resolve_domain(data: DataConfig, workdir: Path) -> FidelityExtractor:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -19,11 +18,10 @@ from typing import Any, Literal, Protocol
 
 import torch
 from PIL import Image
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ldm import progress
 from ldm.artifacts import log_periodic_checkpoint
 from ldm.config import ExperimentConfig, StageTrainingConfig
 from ldm.data.base import loader_workers
@@ -131,38 +129,17 @@ class ResumableBatches(Sampler[list[int]]):
         return {"size": self.size, "batch_size": self.batch_size, "seed": self.seed, "next_batch": batches_done}
 
 
-class _ProgressReport:
-    """A rich progress bar on a terminal; plain log lines on stderr otherwise (CI, files, sweeps); silent if not `shown`."""
+STAGE_TITLES = {"autoencoder": "first stage", "diffusion": "diffusion"}
 
-    def __init__(self, stage: str, total: int, start: int, shown: bool) -> None:
-        self.stage, self.total, self.shown = stage, total, shown
-        self.console = Console(stderr=True)
-        self.bar: Progress | None = None
-        if shown and self.console.is_terminal:
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.fields[status]}"), TimeRemainingColumn(), console=self.console)
-            self.task = self.bar.add_task(stage, total=total, completed=start, status="")
 
-    def __enter__(self) -> _ProgressReport:
-        if self.bar is not None:
-            self.bar.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
-    def update(self, step: int, metrics: dict[str, float] | None = None) -> None:
-        """Advance to `step`; with metrics (a log step) show them too."""
-        if self.bar is not None:
-            self.bar.update(self.task, completed=step)
-        if not metrics or not self.shown:
-            return
-        status = "  ".join(f"{name.rsplit('/', 1)[-1]} {value:.4g}" for name, value in metrics.items())
-        if self.bar is not None:
-            self.bar.update(self.task, status=status)
-        else:
-            print(f"{self.stage} step {step}/{self.total}  {status}", file=sys.stderr, flush=True)
+def _show(bar: progress.StageBar | None, step: int, metrics: dict[str, float] | None = None) -> None:
+    """Advance to `step`; with metrics (a log step) show them too."""
+    if bar is None:
+        return
+    if metrics:
+        bar.report(step, "  ".join(f"{name.rsplit('/', 1)[-1]} {value:.4g}" for name, value in metrics.items()))
+    else:
+        bar.advance(step)
 
 
 @contextlib.contextmanager
@@ -215,7 +192,8 @@ def train_stage(stage: Stage, cfg: ExperimentConfig, device: torch.device, track
     val_batches = _validation_batches(stage, settings, device) if ranks.is_main else []
     window = _Window()
     stage.model.train()
-    with _ProgressReport(prefix, settings.steps, start, shown=ranks.is_main) as progress:
+    with progress.stage(STAGE_TITLES.get(stage.name, stage.name), settings.steps, unit="img",
+                        per_step=layout.global_size, start=start, shown=ranks.is_main) as bar:
         for step in range(start + 1, settings.steps + 1):
             tic = time.perf_counter()
             loss, stats = _optimise(stage.step, batches, layout, step, seed, settings, optimizers, groups, device)
@@ -243,13 +221,13 @@ def train_stage(stage: Stage, cfg: ExperimentConfig, device: torch.device, track
                     with _evaluation(stage.model, device, seed):
                         metrics[stage.val_metric] = _mean_val_loss(stage.step, val_batches, seed)
                 tracker.log_metrics(metrics, step=step)
-                progress.update(step, metrics)
+                _show(bar, step, metrics)
                 if on_eval is not None:
                     _decided_on_main(ranks, lambda: stage.val_metric in metrics
                                      and on_eval("val_loss", metrics[stage.val_metric], step))
                 window = _Window()
             else:
-                progress.update(step)
+                _show(bar, step)
             if step % settings.image_every == 0 and val_batches:
                 with _averaged(stage.model, ema), _evaluation(stage.model, device, seed):
                     tracker.log_image(stage.step.preview(val_batches[0]), key=stage.preview_key, step=step)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 
 import pytest
@@ -45,8 +46,9 @@ def test_run_prints_study_trials_wall_time_and_ui_command_then_status_shows_the_
                                               f"grid points left; resume with: ldm sweep run {spec}")
     lines = result.output.splitlines()
     assert lines[0] == "study cli: sampler grid, objectives fid_domain (minimize)"
-    assert [line.split()[:3] for line in lines if line.startswith("trial ")] == [
+    assert [line.split()[:3] for line in lines if re.match(r"trial \d+ ", line)] == [
         ["trial", "0", "COMPLETE"], ["trial", "1", "COMPLETE"]]
+    assert "trial 2/2 (f=2 s0) started" in lines  # progress (stderr, mixed in by the runner) counts from 1
     assert "study cli: 2 complete, 1 waiting trials; wall time" in result.output
     assert "best: trial 1  fid_domain=52" in result.output  # 100 / f + channels with f = 2, 2 channels
     assert f"--backend-store-uri sqlite:///{workdir}/mlflow/mlflow.db" in result.output
