@@ -32,7 +32,8 @@ def report(
     typer.echo(f"Report index: {summary.index}")
     if summary.html_index is not None:
         typer.echo(f"HTML index: {summary.html_index}")
-    typer.echo(f"{len(summary.figures)} figures, {len(summary.skipped)} skipped for lack of data (see the index)\n")
+    typer.echo(f"figures: {len(summary.figures)} drawn, {len(summary.skipped)} skipped for lack of data "
+               "(see the index)\n")
     typer.echo(summary.overall_markdown)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import seaborn as sns
+import yaml
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from PIL import Image
@@ -22,6 +24,7 @@ from reports.runs import (
     StudyRuns,
     column_or_missing,
     configuration_label,
+    factor_label,
     ordered_values,
     param_column,
 )
@@ -45,6 +48,7 @@ class FigureFiles:
     title: str
     png: Path
     pdf: Path
+    caption: str
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,14 @@ FigureResult = FigureFiles | SkippedFigure
 
 
 # ---------------------------------------------------------------- data helpers
+
+
+@dataclass(frozen=True)
+class Drawn:
+    """A figure and its caption: what each mark is and what its error bars are."""
+
+    figure: Figure
+    caption: str
 
 
 def logged_fid(study: StudyRuns) -> str | None:
@@ -77,28 +89,62 @@ def param_values(runs: pd.DataFrame, param: str) -> pd.Series:
     return column_or_missing(runs, param_column(param)).fillna(MISSING_VALUE).astype(str)
 
 
-def variant_points(study: StudyRuns, kind: str, metrics: set[str], by: str) -> pd.DataFrame:
-    """Mean over finished runs per (`by` param value, variant value) of the `<kind><value>/<metric>` metrics."""
+def configuration_of(runs: pd.DataFrame, factors: Sequence[str]) -> pd.Series:
+    """Each run's values of `factors` as one label (`f=4, schedule=cosine`), an ordered categorical in table order:
+    the colours of a figure."""
+    if not factors:
+        return pd.Series(pd.Categorical(["all runs"] * len(runs)), index=runs.index)
+    columns = [param_values(runs, f) for f in factors]
+    keys = list(zip(*columns))
+    ranks = [{v: i for i, v in enumerate(ordered_values(column))} for column in columns]
+    order = sorted(set(keys), key=lambda key: [rank[v] for rank, v in zip(ranks, key)])
+
+    def label(key: tuple[str, ...]) -> str:
+        return configuration_label(dict(zip(factors, key)))
+
+    return pd.Series(pd.Categorical([label(k) for k in keys], categories=[label(k) for k in order], ordered=True),
+                     index=runs.index)
+
+
+def hue_order(labels: pd.Series) -> list[str]:
+    """The labels present, in their categorical (table) order, else in first-seen order."""
+    present = set(labels)
+    if isinstance(labels.dtype, pd.CategoricalDtype):
+        return [c for c in labels.cat.categories if c in present]
+    return list(dict.fromkeys(labels))
+
+
+def spread_note(study: StudyRuns) -> str:
+    """What an error bar is, and over how many seeds."""
+    columns = [param_column(f) for f in study.factors]
     finished = study.finished
+    seeds = finished.groupby(columns, dropna=False).size() if columns else pd.Series([len(finished)])
+    n = f"n = {seeds.min()}" if seeds.min() == seeds.max() else f"n = {seeds.min()} to {seeds.max()}"
+    return (f"error bars: ± 1 sample std over the seeds of a configuration ({n}; none where n = 1)"
+            if seeds.max() > 1 else "one seed per configuration: no error bars")
+
+
+def is_identity(runs: pd.DataFrame) -> pd.Series:
+    """Runs whose first stage is the identity (f = 1): their PSNR, rate and rFID mark it, they measure nothing."""
+    return param_values(runs, F_PARAM) == "1"
+
+
+def variant_points(study: StudyRuns, kind: str, metrics: set[str]) -> pd.DataFrame:
+    """Mean over finished runs per (configuration, variant value) of the `<kind><value>/<metric>` metrics."""
+    finished = study.finished
+    configuration = configuration_of(finished, study.factors)
     parts = []
     for name in study.metric_names():
         match = SWEEP_VARIANT.match(name)
         if match and match["kind"] == kind and match["metric"] in metrics:
-            parts.append(pd.DataFrame({by: param_values(finished, by), "variant": float(match["value"]),
+            parts.append(pd.DataFrame({"configuration": configuration, "variant": float(match["value"]),
                                        "metric": match["metric"], "value": study.metric(name)}))
     if not parts:
-        return pd.DataFrame(columns=[by, "variant"])
+        return pd.DataFrame(columns=["configuration", "variant"])
     points = pd.concat(parts, ignore_index=True).dropna(subset=["value"])
-    wide = points.pivot_table(index=[by, "variant"], columns="metric", values="value", aggfunc="mean")
-    return wide.reset_index().rename_axis(columns=None).sort_values([by, "variant"], ignore_index=True)
-
-
-def configurations(study: StudyRuns, metrics: Sequence[str]) -> pd.DataFrame:
-    """Per-configuration means (and f, even when f is not swept), rows in table order."""
-    data = aggregate(study.finished, study.factors, metrics)
-    if F_PARAM not in data.columns:
-        data[F_PARAM] = ", ".join(ordered_values(param_values(study.finished, F_PARAM))) or MISSING_VALUE
-    return data
+    wide = points.pivot_table(index=["configuration", "variant"], columns="metric", values="value", aggfunc="mean",
+                              observed=True)
+    return wide.reset_index().rename_axis(columns=None)
 
 
 def pareto_mask(x: np.ndarray, y: np.ndarray, minimize_x: bool, minimize_y: bool) -> np.ndarray:
@@ -121,141 +167,195 @@ def _label_points(ax: Axes, data: pd.DataFrame, x: str, y: str, text: Callable[[
         ax.annotate(text(row["variant"]), (row[x], row[y]), textcoords="offset points", xytext=(4, 4), fontsize=7)
 
 
+def _require_swept(study: StudyRuns, params: Sequence[str]) -> list[str]:
+    swept = [p for p in params if p in study.factors]
+    if not swept:
+        raise MissingData(f"none of {', '.join(params)} was swept")
+    return swept
+
+
 # ---------------------------------------------------------------- figures
 
 
-def fid_vs_step(study: StudyRuns) -> Figure:
-    """FID during diffusion training, one line per f (mean ± sd over runs)."""
+def fid_vs_step(study: StudyRuns) -> Drawn:
+    """FID during diffusion training, one line per configuration (mean and spread over its seeds)."""
     fid = fid_metric(study)
     finished = study.finished
-    curves = [study.history(run_id, fid).assign(f=f)
-              for run_id, f in zip(finished["run_id"], param_values(finished, F_PARAM))]
-    points = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(columns=["step", "value", "f"])
+    labels = configuration_of(finished, study.factors)
+    curves = [study.history(run_id, fid).assign(configuration=label) for run_id, label in zip(finished["run_id"], labels)]
+    points = (pd.concat(curves, ignore_index=True) if curves
+              else pd.DataFrame(columns=["step", "value", "configuration"]))
     if points["step"].nunique() < 2:
         raise MissingData(f"{fid} was logged at fewer than two steps (set evaluation.fid_every)")
     fig, (ax,) = _panels(1, width=6.0)
-    sns.lineplot(points, x="step", y="value", hue="f", hue_order=ordered_values(points["f"]),
-                 marker="o", errorbar="sd", ax=ax)
+    sns.lineplot(points, x="step", y="value", hue="configuration", hue_order=hue_order(labels), marker="o",
+                 errorbar="sd", ax=ax)
     ax.set(xlabel="diffusion training step", ylabel=metric_header(fid))
-    return fig
+    ax.legend(title=None, fontsize=7)
+    return Drawn(fig, f"Lines: mean over seeds per configuration; bands: ± 1 sample std. {spread_note(study)}.")
 
 
-def fid_vs_throughput(study: StudyRuns) -> Figure:
-    """FID against sampling throughput, one line per f, one point per DDIM step count K."""
+def fid_vs_throughput(study: StudyRuns) -> Drawn:
+    """FID against sampling throughput, one line per configuration, one point per DDIM step count K."""
     fid = fid_metric(study)
-    points = variant_points(study, "ddim", {fid, "sample_images_per_s"}, F_PARAM)
+    points = variant_points(study, "ddim", {fid, "sample_images_per_s"})
     if not {fid, "sample_images_per_s"} <= set(points.columns):
         raise MissingData(f"no ddim<K>/{fid} with ddim<K>/sample_images_per_s (set evaluation.ddim_steps)")
-    points = points.dropna(subset=[fid, "sample_images_per_s"]).rename(columns={F_PARAM: "f"})
+    points = points.dropna(subset=[fid, "sample_images_per_s"])
     fig, (ax,) = _panels(1, width=6.0)
-    sns.lineplot(points, x="sample_images_per_s", y=fid, hue="f", hue_order=ordered_values(points["f"]),
-                 marker="o", sort=False, estimator=None, ax=ax)
+    sns.lineplot(points, x="sample_images_per_s", y=fid, hue="configuration",
+                 hue_order=hue_order(points["configuration"]), marker="o", sort=False, estimator=None, ax=ax)
     _label_points(ax, points, "sample_images_per_s", fid, lambda k: f"K={k:g}")
     ax.set(xscale="log", xlabel=metric_header("sample_images_per_s"), ylabel=metric_header(fid))
-    return fig
+    ax.legend(title=None, fontsize=7)
+    return Drawn(fig, "Points: means over seeds per configuration and DDIM step count K (labelled).")
 
 
-def rate_distortion(study: StudyRuns) -> Figure:
-    """bpp vs PSNR and FID vs bpp per configuration, Pareto front marked."""
+RATE_FACTORS = ("autoencoder.f", "autoencoder.latent_channels", "autoencoder.regularizer")
+
+
+def rate_distortion(study: StudyRuns) -> Drawn:
+    """bpp vs PSNR and FID vs bpp per configuration, Pareto front marked; the identity first stage left out."""
+    _require_swept(study, RATE_FACTORS)
     fid = logged_fid(study)
     pairs = [("bpp", "psnr"), *([("bpp", fid)] if fid else [])]
-    data = configurations(study, sorted({m for pair in pairs for m in pair}))
+    measured = study.finished[~is_identity(study.finished)]
+    data = aggregate(measured, study.factors, sorted({m for pair in pairs for m in pair}))
+    data["configuration"] = [configuration_label({f: str(row[f]) for f in study.factors}) for _, row in data.iterrows()]
     drawable = [(x, y) for x, y in pairs if data[[f"{x}_mean", f"{y}_mean"]].notna().all(axis=1).any()]
     if not drawable:
-        raise MissingData("no finished trial logged bpp together with psnr or an FID")
+        raise MissingData("no finished trial with a first stage other than the identity (f = 1) logged bpp "
+                          "together with psnr or an FID")
     fig, axes = _panels(len(drawable))
     for ax, (x, y) in zip(axes, drawable):
         xm, ym = f"{x}_mean", f"{y}_mean"
-        points = data.dropna(subset=[xm, ym]).rename(columns={F_PARAM: "f"})
-        sns.scatterplot(points, x=xm, y=ym, hue="f", hue_order=ordered_values(points["f"]), s=50, ax=ax)
+        points = data.dropna(subset=[xm, ym])
+        sns.scatterplot(points, x=xm, y=ym, hue="configuration", hue_order=hue_order(points["configuration"]),
+                        s=50, ax=ax)
         front = points[pareto_mask(points[xm].to_numpy(), points[ym].to_numpy(),
                                    metric_info(x).direction == "minimize", metric_info(y).direction == "minimize")]
         front = front.sort_values(xm)
         ax.plot(front[xm], front[ym], "k--", marker="o", markerfacecolor="none", markersize=11, label="Pareto front")
-        ax.legend(title="f", fontsize=7)
+        ax.legend(fontsize=7)
         ax.set(xlabel=metric_header(x), ylabel=metric_header(y), title=f"{metric_info(y).label} vs rate")
-    return fig
+    left_out = " f = 1 (the identity first stage) is not drawn: it has no rate or distortion to measure." \
+        if is_identity(study.finished).any() else ""
+    return Drawn(fig, f"Points: means over seeds per configuration; dashed: the Pareto front.{left_out}")
 
 
-def schedule_comparison(study: StudyRuns) -> Figure:
-    """Validation loss and FID per noise schedule (x) and prediction target (colour)."""
-    if SCHEDULE_PARAM not in study.factors and PREDICTION_PARAM not in study.factors:
-        raise MissingData("neither diffusion.schedule nor diffusion.prediction varies across finished trials")
+def schedule_comparison(study: StudyRuns) -> Drawn:
+    """Validation loss and FID per noise schedule or prediction target; colours: the other swept factors."""
+    x_param, *_ = _require_swept(study, (SCHEDULE_PARAM, PREDICTION_PARAM))
     fid = logged_fid(study)
     metrics = [m for m in ("val_loss", *([fid] if fid else [])) if study.metric(m).notna().any()]
     if not metrics:
         raise MissingData("no finished trial logged val_loss or an FID")
     finished = study.finished
-    data = pd.DataFrame({"schedule": param_values(finished, SCHEDULE_PARAM),
-                         "prediction": param_values(finished, PREDICTION_PARAM),
+    others = [f for f in study.factors if f != x_param]
+    data = pd.DataFrame({"x": param_values(finished, x_param), "configuration": configuration_of(finished, others),
                          **{m: study.metric(m) for m in metrics}})
     fig, axes = _panels(len(metrics))
     for ax, m in zip(axes, metrics):
-        sns.barplot(data, x="schedule", y=m, hue="prediction", order=ordered_values(data["schedule"]),
-                    hue_order=ordered_values(data["prediction"]), errorbar="sd", ax=ax)
-        ax.set(xlabel="noise schedule", ylabel=metric_header(m))
-    return fig
+        sns.barplot(data, x="x", y=m, hue="configuration", order=ordered_values(data["x"]),
+                    hue_order=hue_order(data["configuration"]), errorbar="sd", ax=ax)
+        ax.set(xlabel=factor_label(x_param), ylabel=metric_header(m))
+        ax.legend(title=None, fontsize=7)
+    return Drawn(fig, f"Bars: means over seeds per configuration; {spread_note(study)}.")
 
 
-def guidance_sweep(study: StudyRuns) -> Figure:
-    """FID against IS and/or conditioning accuracy over guidance scales, one line per conditioning type."""
+def guidance_sweep(study: StudyRuns) -> Drawn:
+    """FID against IS and/or conditioning accuracy over guidance scales, one line per configuration."""
     fid = fid_metric(study)
     axes_metrics = [f"is_{fid.removeprefix('fid_')}", "cond_accuracy"]
-    points = variant_points(study, "g", {fid, *axes_metrics}, CONDITIONING_PARAM)
+    points = variant_points(study, "g", {fid, *axes_metrics})
     present = [m for m in axes_metrics if m in points.columns and fid in points.columns]
     if not present:
         raise MissingData(f"no g<scale>/{fid} with g<scale>/{axes_metrics[0]} or cond_accuracy "
                           "(set evaluation.guidance_scales)")
-    points = points.rename(columns={CONDITIONING_PARAM: "conditioning"})
     fig, axes = _panels(len(present))
     for ax, x in zip(axes, present):
         line = points.dropna(subset=[x, fid])
-        sns.lineplot(line, x=x, y=fid, hue="conditioning", hue_order=ordered_values(line["conditioning"]),
+        sns.lineplot(line, x=x, y=fid, hue="configuration", hue_order=hue_order(line["configuration"]),
                      marker="o", sort=False, estimator=None, ax=ax)
         _label_points(ax, line, x, fid, lambda w: f"w={w:g}")
         ax.set(xlabel=metric_header(x), ylabel=metric_header(fid))
-    return fig
+        ax.legend(title=None, fontsize=7)
+    return Drawn(fig, "Points: means over seeds per configuration and guidance scale w (labelled).")
 
 
-def sample_grids(study: StudyRuns) -> Figure:
-    """Each configuration's `samples.png` (from its first finished run that has one), side by side."""
+def metric_vs_factor(study: StudyRuns, factor: str, metrics: Sequence[str]) -> Drawn:
+    """Each headline metric against the levels of one swept factor; colours: the other swept factors."""
     finished = study.finished
+    others = [f for f in study.factors if f != factor]
+    data = pd.DataFrame({"level": param_values(finished, factor), "configuration": configuration_of(finished, others),
+                         "identity": is_identity(finished), **{m: study.metric(m) for m in metrics}})
+    shown = {m: data[~data["identity"]] if sentinel_of_identity(m) else data for m in metrics}
+    drawable = [m for m in metrics if shown[m][m].notna().any()]
+    if not drawable:
+        raise MissingData(f"no finished trial logged {', '.join(metrics)}")
+    fig, axes = _panels(len(drawable), width=4.0)
+    for ax, m in zip(axes, drawable):
+        sns.pointplot(shown[m], x="level", y=m, hue="configuration", order=ordered_values(data["level"]),
+                      hue_order=hue_order(data["configuration"]), errorbar="sd", dodge=0.3 if others else False,
+                      capsize=0.1, ax=ax)
+        ax.set(xlabel=factor_label(factor), ylabel=metric_header(m))
+        if ax.get_legend() is not None:
+            ax.legend(title=None, fontsize=7)
+    return Drawn(fig, f"Points: means over seeds per configuration; {spread_note(study)}.")
+
+
+def sentinel_of_identity(metric: str) -> bool:
+    """Metrics the identity first stage only marks (PSNR 100, the raw rate, rFID 0): not drawn for f = 1."""
+    return metric.rsplit("/", 1)[-1] in IDENTITY_SENTINELS
+
+
+IDENTITY_SENTINELS = frozenset({"psnr", "ssim", "mse", "bpp", "latent_ratio", *(f"rfid_{e}" for e in EXTRACTORS)})
+GRID_TITLE_PT = 10
+MIN_GRID_INCHES = 3.0
+
+
+def sample_grids(study: StudyRuns) -> Drawn:
+    """Each configuration's `samples.png` (from its first finished run that has one), at its own pixel size."""
+    finished = study.finished
+    labels = configuration_of(finished, study.factors)
     grids: list[tuple[str, np.ndarray]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        for _, config in configurations(study, ()).iterrows():
-            values = {f: config[f] for f in study.factors}
-            matches = pd.Series(True, index=finished.index)
-            for f, v in values.items():
-                matches &= finished[param_column(f)] == v
-            for run_id in finished.loc[matches, "run_id"]:
+        for label in hue_order(labels):
+            for run_id in finished.loc[labels == label, "run_id"]:
                 path = study.download_artifact(run_id, SAMPLES_ARTIFACT, Path(tmp) / run_id)
                 if path is not None:
                     with Image.open(path) as image:
-                        grids.append((configuration_label(values), np.asarray(image.convert("RGB"))))
+                        grids.append((label, np.asarray(image.convert("RGB"))))
                     break
     if not grids:
         raise MissingData(f"no finished trial has a {SAMPLES_ARTIFACT} artifact")
-    columns = min(len(grids), 4)
+    columns = min(len(grids), 2)
     rows = -(-len(grids) // columns)
-    fig = Figure(figsize=(3.0 * columns, 3.2 * rows), layout="constrained")
+    # At least one image pixel per PNG pixel, so the labels drawn under each sample read at 100% zoom.
+    widest, tallest = max(g.shape[1] for _, g in grids), max(g.shape[0] for _, g in grids)
+    scale = max(1.0, MIN_GRID_INCHES * PNG_DPI / widest)
+    width = widest * scale / PNG_DPI
+    height = tallest * scale / PNG_DPI + 3 * GRID_TITLE_PT / 72
+    fig = Figure(figsize=(width * columns, height * rows), layout="constrained")
     axes = fig.subplots(rows, columns, squeeze=False).ravel()
     for ax in axes:
         ax.axis("off")
     for ax, (label, pixels) in zip(axes, grids):
-        ax.imshow(pixels)
-        ax.set_title(label, fontsize=8)
-    return fig
+        ax.imshow(pixels, interpolation="nearest")
+        ax.set_title(label, fontsize=GRID_TITLE_PT)
+    return Drawn(fig, "Samples of the first seed of each configuration (EMA weights), captioned with their "
+                      "class or prompt where the model is conditional.")
 
 
 @dataclass(frozen=True)
 class FigureSpec:
     name: str
     title: str
-    draw: Callable[[StudyRuns], Figure]
+    draw: Callable[[StudyRuns], Drawn]
 
 
 FIGURES: tuple[FigureSpec, ...] = (
-    FigureSpec("fid_vs_step", "FID during training, per downsampling factor f", fid_vs_step),
+    FigureSpec("fid_vs_step", "FID during training", fid_vs_step),
     FigureSpec("fid_vs_throughput", "FID vs sampling throughput over DDIM steps", fid_vs_throughput),
     FigureSpec("rate_distortion", "Rate-distortion of the first stage", rate_distortion),
     FigureSpec("schedule_comparison", "Noise schedule and prediction target", schedule_comparison),
@@ -264,8 +364,28 @@ FIGURES: tuple[FigureSpec, ...] = (
 )
 
 
-def _save(fig: Figure, folder: Path, spec: FigureSpec) -> FigureFiles:
-    files = FigureFiles(spec.name, spec.title, folder / f"{spec.name}.png", folder / f"{spec.name}.pdf")
+def factor_figures(study: StudyRuns, metrics: Sequence[str]) -> list[FigureSpec]:
+    """One "metric against factor level" figure per swept factor."""
+    return [FigureSpec(f"metrics_vs_{re.sub(r'[^A-Za-z0-9]+', '_', factor_label(f))}",
+                       f"Metrics against {factor_label(f)}",
+                       lambda s, f=f: metric_vs_factor(s, f, metrics))
+            for f in study.factors]
+
+
+def headline_metrics(study: StudyRuns) -> list[str]:
+    """The study's objectives (from its spec), else its FID: the metrics every factor figure shows."""
+    objectives = []
+    if study.spec_yaml:
+        raw = yaml.safe_load(study.spec_yaml)
+        objectives = [o["metric"] for o in raw.get("objectives", []) if isinstance(o, dict) and "metric" in o]
+    fid = logged_fid(study)
+    return list(dict.fromkeys(objectives or ([fid] if fid else [])))
+
+
+def _save(drawn: Drawn, folder: Path, spec: FigureSpec) -> FigureFiles:
+    files = FigureFiles(spec.name, spec.title, folder / f"{spec.name}.png", folder / f"{spec.name}.pdf",
+                        drawn.caption)
+    fig = drawn.figure
     # Lay out once, then freeze: constrained layout would run again for each of the two files.
     fig.draw_without_rendering()
     fig.set_layout_engine("none")
@@ -276,15 +396,16 @@ def _save(fig: Figure, folder: Path, spec: FigureSpec) -> FigureFiles:
 
 
 def make_figures(study: StudyRuns, folder: Path) -> list[FigureResult]:
-    """Draw every figure of `FIGURES` into `folder`; those without data come back as `SkippedFigure`."""
+    """Draw every figure of `FIGURES` and one per swept factor into `folder`; those without data come back as
+    `SkippedFigure`."""
     results: list[FigureResult] = []
     with sns.axes_style("whitegrid"):
-        for spec in FIGURES:
+        for spec in (*FIGURES, *factor_figures(study, headline_metrics(study))):
             try:
-                fig = spec.draw(study)
+                drawn = spec.draw(study)
             except MissingData as missing:
                 results.append(SkippedFigure(spec.name, spec.title, str(missing)))
                 continue
-            fig.suptitle(spec.title)
-            results.append(_save(fig, folder, spec))
+            drawn.figure.suptitle(spec.title)
+            results.append(_save(drawn, folder, spec))
     return results

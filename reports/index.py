@@ -244,7 +244,8 @@ def _md_block(block: Block) -> str:
         case TableView(table, links):
             return f"### {table.title}\n\n{_md_links(links)}\n\n{tbl.to_markdown(table)}"
         case FigureView(figure, links):
-            return f"### {figure.title}\n\n![{figure.title}]({links[0].href})\n\n{_md_links(links)}"
+            return (f"### {figure.title}\n\n![{figure.title}]({links[0].href})\n\n"
+                    f"*{tbl.MARKDOWN.escape(figure.caption)}*\n\n{_md_links(links)}")
     raise TypeError(block)
 
 
@@ -290,7 +291,8 @@ def _html_block(block: Block) -> str:
         case FigureView(figure, links):
             png = base64.b64encode(figure.png.read_bytes()).decode("ascii")
             return (f"<h3>{html.escape(figure.title)}</h3>\n<img alt=\"{html.escape(figure.title)}\" "
-                    f"src=\"data:image/png;base64,{png}\">\n{_html_links(links)}")
+                    f"src=\"data:image/png;base64,{png}\">\n<p><i>{html.escape(figure.caption)}</i></p>\n"
+                    f"{_html_links(links)}")
     raise TypeError(block)
 
 

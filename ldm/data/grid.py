@@ -14,6 +14,7 @@ from ldm.errors import UserError
 from ldm.io import atomic_path
 
 MIN_TILE = 64
+LABEL_PX = 13  # label text height: readable at 100% zoom under a 64-pixel tile
 _PAD = 2
 _MAX_LABEL_LINES = 3
 _BACKGROUND = (255, 255, 255)
@@ -37,7 +38,7 @@ def make_grid_image(images: Tensor, labels: list[str] | None = None, ncol: int |
     ncol = min(ncol or math.ceil(math.sqrt(count)), count)
     nrow = math.ceil(count / ncol)
 
-    font = ImageFont.load_default()
+    font = ImageFont.load_default(size=LABEL_PX)  # a scalable font (PIL's bitmap one where FreeType is missing)
     line_height = _line_height(font)
     wrapped = [_wrap(label, font, width) for label in labels] if labels is not None else []
     band = max((len(lines) for lines in wrapped), default=0) * line_height

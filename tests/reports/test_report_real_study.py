@@ -44,7 +44,7 @@ def test_tiny_real_study_reports_one_row_per_configuration(tmp_path: Path) -> No
             assert float(rows[f][f"{metric}_mean"]) == logged[metric], (f, metric)
 
     assert {figure.name for figure in report.figures} == {"fid_vs_step", "fid_vs_throughput", "rate_distortion",
-                                                          "sample_grids"}
+                                                          "sample_grids", "metrics_vs_f"}
     for figure in report.figures:
         with Image.open(figure.png) as image:
             assert image.format == "PNG"
@@ -52,7 +52,7 @@ def test_tiny_real_study_reports_one_row_per_configuration(tmp_path: Path) -> No
     # The FID-against-step line of each f is its logged history; at step 4 the final FID, logged after the
     # intermediate one, is the value kept.
     # seaborn draws one data line per f in hue order (sorted f), then empty lines for the legend.
-    drawn = [line for line in fid_vs_step(study).axes[0].get_lines() if len(line.get_xdata())]
+    drawn = [line for line in fid_vs_step(study).figure.axes[0].get_lines() if len(line.get_xdata())]
     lines = dict(zip(sorted(rows, key=int), drawn, strict=True))
     for run_id, f in zip(study.finished["run_id"], study.finished["params.autoencoder.f"], strict=True):
         logged_points = sorted(client.get_metric_history(run_id, "fid_domain"), key=lambda m: m.timestamp)
