@@ -174,7 +174,7 @@ def ui(
     SIGINT and SIGTERM go to every server and all their workers; `ldm ui` exits when a server does.
     """
     from ldm.tracking.runs import create_store_folder, resolve_tracking_uri
-    from sweeps.runs import mlflow_ui_command
+    from sweeps.runs import mlflow_ui_command, runs_view_urls
     from sweeps.study import JOURNAL_NAME, sweeps_root
 
     workdir = resolve_workdir()
@@ -191,6 +191,8 @@ def ui(
     servers[f"MLflow UI on http://{host}:{port}"] = mlflow_ui_command(uri, workdir, host, port)
     for name, command in servers.items():
         typer.echo(f"{name} ({shlex.join(command)})")
+    for study, url in runs_view_urls(uri, f"http://{host}:{port}").items():
+        typer.echo(f"runs of {study}: {url}")
     raise typer.Exit(run_servers(list(servers.values())))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import sys
 from collections import Counter
 from collections.abc import Iterable
@@ -53,6 +54,7 @@ def open_study_tracking(tracking_uri: str, workdir: Path, spec: SweepSpec, spec_
         found = client.search_runs([experiment], filter_string=f"tags.`{Tag.ROLE}` = '{Role.STUDY}'",
                                    max_results=1)
         parent_run_id = found[0].info.run_id if found else None
+    save_runs_view(client, experiment, spec)
     if parent_run_id is not None:
         client.update_run(parent_run_id, status="RUNNING")
         return StudyTracking(tracking_uri, experiment, parent_run_id)
@@ -62,6 +64,32 @@ def open_study_tracking(tracking_uri: str, workdir: Path, spec: SweepSpec, spec_
     atomic_write_text(spec_file, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
     parent.log_artifact(spec_file)
     return StudyTracking(tracking_uri, experiment, parent.run_id)
+
+
+# The MLflow UI's saved runs views are experiment tags under this prefix, opened by `?viewStateShareKey=<key>`.
+SHARED_VIEW_TAG_PREFIX = "mlflow.sharedViewState."
+RUNS_VIEW_KEY = "ldm-trials"
+SWEPT_COLUMN_PX = 190
+
+
+def runs_view_state(spec: SweepSpec) -> dict[str, object]:
+    """The runs table a study opens on: its trials, one column per swept value and objective, best first."""
+    swept = [f"params.`{SWEPT_PARAM_PREFIX}{path}`" for path, param in spec.space.items() if param.varies()]
+    objectives = [f"metrics.`{o.metric}`" for o in spec.objectives]
+    return {"selectedColumns": [*swept, *objectives], "columnWidths": dict.fromkeys(swept, SWEPT_COLUMN_PX),
+            "orderByKey": objectives[0], "orderByAsc": spec.objectives[0].direction == "minimize",
+            "searchFilter": f"tags.`{Tag.ROLE}` = '{Role.TRIAL}'", "runsHiddenMode": "SHOW_ALL"}
+
+
+def save_runs_view(client: MlflowClient, experiment: str, spec: SweepSpec) -> None:
+    client.set_experiment_tag(experiment, SHARED_VIEW_TAG_PREFIX + RUNS_VIEW_KEY, json.dumps(runs_view_state(spec)))
+
+
+def runs_view_urls(tracking_uri: str, ui_url: str) -> dict[str, str]:
+    """Study name -> the URL of its saved runs view, for every study of the tracking store."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    return {e.name: f"{ui_url}/#/experiments/{e.experiment_id}/runs?viewStateShareKey={RUNS_VIEW_KEY}"
+            for e in client.search_experiments() if SHARED_VIEW_TAG_PREFIX + RUNS_VIEW_KEY in e.tags}
 
 
 TRIAL_COUNT_TAGS: dict[TrialState, Tag] = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import re
 from pathlib import Path
 
@@ -121,6 +122,16 @@ def test_ui_starts_mlflow_on_loopback_and_prints_the_optuna_dashboard_command(wo
     assert command[4:] == ["--backend-store-uri", f"sqlite:///{workdir}/mlflow/mlflow.db",
                            "--default-artifact-root", f"{workdir}/mlflow/artifacts", "--host", "127.0.0.1",
                            "--port", "5000"]
+    # The study's saved runs view: its trials, its swept values and objectives as columns, the best first.
+    from mlflow.tracking import MlflowClient
+
+    experiment = MlflowClient(f"sqlite:///{workdir}/mlflow/mlflow.db").get_experiment_by_name("seen")
+    assert (f"runs of seen: http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs"
+            "?viewStateShareKey=ldm-trials") in result.output.splitlines()
+    view = json.loads(experiment.tags["mlflow.sharedViewState.ldm-trials"])
+    assert view["selectedColumns"] == ["params.`_swept.autoencoder.f`", "metrics.`fid_domain`"]
+    assert (view["orderByKey"], view["orderByAsc"]) == ("metrics.`fid_domain`", True)
+    assert view["searchFilter"] == "tags.`ldm.role` = 'trial'"
 
 
 def test_delete_asks_then_removes_the_study_and_its_experiment_and_frees_the_name(workdir, tmp_path):
