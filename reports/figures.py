@@ -14,10 +14,12 @@ import seaborn as sns
 import yaml
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 from PIL import Image
 
 from evaluation.metric_catalog import metric_info
 from ldm.io import atomic_path
+from reports.compute import COMPUTE_AXES, compute_curves, equal_compute
 from reports.runs import (
     MISSING_VALUE,
     SWEEP_VARIANT,
@@ -195,6 +197,36 @@ def fid_vs_step(study: StudyRuns) -> Drawn:
     return Drawn(fig, f"Lines: mean over seeds per configuration; bands: ± 1 sample std. {spread_note(study)}.")
 
 
+def fid_vs_compute(study: StudyRuns) -> Drawn:
+    """Each run's FID curve against training compute (images, UNet FLOPs, device-hours), equal compute marked."""
+    fid = fid_metric(study)
+    labels = configuration_of(study.finished, study.factors)
+    curves = compute_curves(study, fid, labels)
+    if curves.empty or curves.groupby("run_id")["step"].nunique().max() < 2:
+        raise MissingData(f"{fid} was logged at fewer than two steps (set evaluation.fid_every)")
+    axes_drawn = [a for a in COMPUTE_AXES if curves[a.column].notna().any()]
+    fig, axes = _panels(len(axes_drawn))
+    for ax, axis in zip(axes, axes_drawn):
+        sns.lineplot(curves, x=axis.column, y="fid", hue="configuration", hue_order=hue_order(labels),
+                     units="run_id", estimator=None, marker="o", ax=ax)
+        budget, at_budget = equal_compute(curves, axis.column, hue_order(labels))
+        if np.isfinite(budget) and at_budget["n"].gt(0).all():
+            ax.axvline(budget, color="k", linestyle=":", linewidth=1)
+        ax.set(xscale="log", xlabel=axis.label, ylabel=metric_header(fid))
+        ax.xaxis.set_minor_formatter(NullFormatter())  # log-scale minor labels collide
+        ax.legend(title=None, fontsize=7)
+    budget, at_budget = equal_compute(curves, "pflops", hue_order(labels))
+    if np.isfinite(budget) and at_budget["n"].gt(0).all():
+        compared = "; ".join(f"{r.configuration}: {r.fid:.3g}" + (f" ± {r.sd:.2g}" if r.n > 1 else "") + f" (n = {r.n})"
+                             for r in at_budget.itertuples())
+        equal = (f"At equal compute, {budget:.3g} UNet training PFLOPs (dotted: the most every configuration "
+                 f"reached), {metric_info(fid).label} is {compared}.")
+    else:
+        equal = "The configurations share no range of compute, so none is compared at equal compute."
+    return Drawn(fig, f"One line per run (intermediate FIDs); training FLOPs = 3 x UNet forward FLOPs x images "
+                      f"seen; device-hours spread the run's training time evenly over its steps. {equal}")
+
+
 def fid_vs_throughput(study: StudyRuns) -> Drawn:
     """FID against sampling throughput, one line per configuration, one point per DDIM step count K."""
     fid = fid_metric(study)
@@ -356,6 +388,7 @@ class FigureSpec:
 
 FIGURES: tuple[FigureSpec, ...] = (
     FigureSpec("fid_vs_step", "FID during training", fid_vs_step),
+    FigureSpec("fid_vs_compute", "FID against training compute", fid_vs_compute),
     FigureSpec("fid_vs_throughput", "FID vs sampling throughput over DDIM steps", fid_vs_throughput),
     FigureSpec("rate_distortion", "Rate-distortion of the first stage", rate_distortion),
     FigureSpec("schedule_comparison", "Noise schedule and prediction target", schedule_comparison),

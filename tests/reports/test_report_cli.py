@@ -23,7 +23,7 @@ def test_report_prints_the_index_and_the_overall_table(synthetic_store, tmp_path
     folder = tmp_path / "reports" / synthetic_store.SPARSE_STUDY  # the default: <workdir>/reports/<study>
     assert f"Report index: {folder / 'index.md'}" in result.output
     assert f"HTML index: {folder / 'index.html'}" in result.output
-    assert "figures: 1 drawn, 6 skipped for lack of data" in result.output
+    assert "figures: 1 drawn, 7 skipped for lack of data" in result.output
     assert "| c | FID (domain) ↓ | PSNR [dB] ↑ | n |" in result.output
     assert sorted(p.name for p in (folder / "tables").iterdir()) == ["ablation_c.md", "overall.md"]
 

@@ -44,7 +44,7 @@ def test_tiny_real_study_reports_one_row_per_configuration(tmp_path: Path) -> No
             assert float(rows[f][f"{metric}_mean"]) == logged[metric], (f, metric)
 
     assert {figure.name for figure in report.figures} == {"fid_vs_step", "fid_vs_throughput", "rate_distortion",
-                                                          "sample_grids", "metrics_vs_f"}
+                                                          "sample_grids", "metrics_vs_f", "fid_vs_compute"}
     for figure in report.figures:
         with Image.open(figure.png) as image:
             assert image.format == "PNG"
