@@ -8,7 +8,7 @@ sweep's folder starts with an MLflow store that exists (created untimed, as afte
 folder); what creating a store costs the first study is timed on its own, in a new process. With --repeats 2 or
 more the order alternates (direct, sweep, sweep, direct, ...) so load drift cancels.
 
-    python -m bench.sweep_overhead                         # the quickstart spec's 3 trials, one pair of runs
+    python -m bench.sweep_overhead                         # the quickstart spec's 6 trials, one pair of runs
     python -m bench.sweep_overhead --trials 1 --repeats 2  # its first trial (f = 1) only, two pairs
     python -m bench.sweep_overhead --spec my_spec.yaml -o training.diffusion.steps=200
 """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -38,7 +39,8 @@ def report(
 
 
 def quickstart(
-    workers: Annotated[int, typer.Option("--workers", min=1, help="Local worker processes.")] = 1,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Local worker processes (default: one per "
+                                         "core, at most 2).")] = min(2, os.cpu_count() or 1),
 ) -> None:
     """The main job: run the shipped `quickstart` sweep (or resume it), then build its report."""
     from sweeps import cli as sweep_cli

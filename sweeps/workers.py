@@ -449,7 +449,7 @@ def _run_worker_processes(job: WorkerJob, workers: int, stop: StopSignals, log: 
     gpus = visible_gpus()
     try:
         children = [subprocess.Popen([sys.executable, "-m", "sweeps.workers", str(job_file), str(i)],
-                                     env=worker_env(i, gpus, job.spec.gpus_per_trial)) for i in range(workers)]
+                                     env=worker_env(i, gpus, job.spec.gpus_per_trial, workers)) for i in range(workers)]
         stop.forward_to(children)
         for i, child in enumerate(children):
             code = child.wait()
@@ -475,10 +475,13 @@ def check_gpus(gpus: list[str], workers: int, per_trial: int) -> None:
                         f"{len(gpus)} visible ({','.join(gpus)}); allowed: --workers <= {len(gpus) // per_trial}")
 
 
-def worker_env(index: int, gpus: list[str], per_trial: int = 1) -> dict[str, str]:
+def worker_env(index: int, gpus: list[str], per_trial: int = 1, workers: int = 1) -> dict[str, str]:
     """Worker `index` sees GPUs of its own: one (round robin) for single-rank trials, else its own block of
-    `per_trial`, so that no two workers' trials share a GPU."""
+    `per_trial`, so that no two workers' trials share a GPU. Without a thread count of the user's, the `workers`
+    processes share the cores: each runs cores / workers torch threads instead of one per core."""
     env = dict(os.environ)
+    if "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
     if per_trial > 1 and gpus:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus[index * per_trial:(index + 1) * per_trial])
     elif len(gpus) > 1:

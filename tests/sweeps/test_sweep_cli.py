@@ -79,7 +79,7 @@ def test_status_of_an_unknown_study_names_it(workdir):
 
 def test_validate_and_list(tmp_path):
     ok = runner.invoke(cli.app, ["validate", "quickstart"])
-    points = len(load_spec("quickstart").space["autoencoder.f"].choices)
+    points = load_spec("quickstart").grid_size
     assert ok.exit_code == 0 and ok.output.strip() == \
         f"quickstart: valid (study quickstart, sampler grid, 1 params, {points} trials)"
     bad = tmp_path / "bad.yaml"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -289,6 +290,15 @@ def test_each_worker_gets_its_own_gpu_when_several_are_visible(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     assert [worker_env(i, ["3", "5"])["CUDA_VISIBLE_DEVICES"] for i in range(3)] == ["3", "5", "3"]
     assert worker_env(1, ["0"])["CUDA_VISIBLE_DEVICES"] == "0"
+
+
+def test_worker_processes_share_the_cores_unless_told_a_thread_count(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert [worker_env(i, [], workers=4)["OMP_NUM_THREADS"] for i in range(4)] == ["2"] * 4
+    assert worker_env(0, [], workers=16)["OMP_NUM_THREADS"] == "1"
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert worker_env(0, [], workers=4)["OMP_NUM_THREADS"] == "3"
 
 
 def test_timeout_stops_claiming_new_trials(workdir):
