@@ -16,7 +16,7 @@ from ldm.io import atomic_path
 MIN_TILE = 64
 LABEL_PX = 13  # label text height: readable at 100% zoom under a 64-pixel tile
 _PAD = 2
-_MAX_LABEL_LINES = 3
+_MAX_LABEL_LINES = 5  # a shapes prompt ("a small red circle in the upper left") fits under a 64-pixel tile
 _BACKGROUND = (255, 255, 255)
 _TEXT = (0, 0, 0)
 
@@ -25,7 +25,7 @@ def make_grid_image(images: Tensor, labels: list[str] | None = None, ncol: int |
     """Tile N x C x H x W images (float in [-1, 1] or uint8; C = 1 or 3) into one RGB image.
 
     Tiles smaller than MIN_TILE pixels are upscaled by a whole factor (nearest) so digits stay crisp;
-    each label is word-wrapped under its tile (at most three lines).
+    each label is word-wrapped under its tile (at most five lines).
     """
     if images.ndim != 4 or images.shape[1] not in (1, 3) or images.shape[0] == 0:
         raise ValueError(f"expected N x (1|3) x H x W images with N >= 1, got shape {tuple(images.shape)}")
