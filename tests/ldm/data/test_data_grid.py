@@ -68,3 +68,10 @@ def test_save_is_atomic_and_checks_the_suffix(tmp_path: Path) -> None:
     assert sorted(p.name for p in path.parent.iterdir()) == ["grid.png"]
     with pytest.raises(UserError, match=r"unknown suffix '\.grid'; allowed: \.png"):
         save_image_atomic(image, tmp_path / "x.grid")
+
+
+def test_labels_are_drawn_tall_enough_to_read_at_full_size():
+    grid = np.asarray(make_grid_image(torch.zeros(1, 1, 16, 16, dtype=torch.uint8), labels=["Ag"]).convert("L"))
+    band = grid[2 + MIN_TILE:]  # under the tile (upscaled to MIN_TILE pixels), past the padding
+    inked = np.flatnonzero((band < 128).any(axis=1))
+    assert inked.max() - inked.min() + 1 >= 12  # PIL's bitmap default font inks 10 rows, too small to read
