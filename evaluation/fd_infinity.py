@@ -1,0 +1,61 @@
+"""FD-infinity (Chong & Forsyth 2020, "Effectively Unbiased FID and Inception Score and where to find them").
+
+FID over N samples is biased upwards, by about b / N (the bias of the covariance square root): two models scored
+with different N, or with a different per-sample spread, are not comparable. FD-infinity computes FID on nested
+subsets of sizes linearly spaced from N/5 to N (the first n of one random order), fits FID(n) = a + b/n by least
+squares and reports the intercept a, the FID of infinitely many samples. The paper (their `score_infinity.py`)
+draws 15 sizes from N/10 and shuffles per size; nested subsets of one order make the points share their samples,
+so the fit is smoother at the same cost.
+
+The 95% interval: the line's own standard error ignores that every point comes from the same N samples (it
+covered the truth in 29 of 100 synthetic runs), so the interval is normal, a +- z_0.975 * sd, with sd the standard
+deviation of a over bootstrap resamples of the N samples (each resample's first n as its nested subsets). On
+Gaussian features with a known distance it covers the truth in at least 90 of 100 runs
+(tests/evaluation/test_fd_infinity.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import norm
+
+from evaluation.frechet import FrechetRows
+
+NUM_SIZES = 15
+MIN_FRACTION = 0.2
+LEVEL = 0.95
+
+
+def subset_sizes(n: int) -> np.ndarray:
+    """The nested subset sizes for n samples: NUM_SIZES (or fewer, distinct) from max(2, n/5) to n."""
+    return np.unique(np.linspace(max(2, int(n * MIN_FRACTION)), n, NUM_SIZES).astype(int))
+
+
+def fd_infinity(rows: FrechetRows, order: np.ndarray) -> float:
+    """The intercept of FID(n) = a + b/n over the first n of `order` (indices into `rows`, repeats allowed)."""
+    sizes = subset_sizes(len(order))
+    fids = np.array([rows.fid(order[:size]) for size in sizes])
+    design = np.stack([np.ones(len(sizes)), 1.0 / sizes], axis=1)
+    (intercept, _), *_ = np.linalg.lstsq(design, fids, rcond=None)
+    return float(intercept)
+
+
+@dataclass(frozen=True)
+class FdInfinity:
+    value: float
+    lo: float | None
+    hi: float | None
+    replicates: np.ndarray
+    """FD-infinity of each bootstrap resample; empty without resamples (and then no interval)."""
+
+
+def fd_infinity_interval(rows: FrechetRows, order: np.ndarray, resamples: np.ndarray) -> FdInfinity:
+    """FD-infinity over `order` (a permutation of the rows) and its normal 95% interval from `resamples` (B, N)."""
+    value = fd_infinity(rows, order)
+    replicates = np.array([fd_infinity(rows, resample) for resample in resamples])
+    if len(replicates) < 2:
+        return FdInfinity(value, None, None, replicates)
+    half = float(norm.ppf(0.5 + LEVEL / 2) * replicates.std(ddof=1))
+    return FdInfinity(value, value - half, value + half, replicates)
