@@ -10,7 +10,8 @@ import torch
 
 from evaluation.cost import PeakMemory, forward_gflops, parameters_m
 from evaluation.extractors.domain import load_domain_extractor
-from evaluation.generation import ConditioningAccuracy, GenerationScorer, prepare_scorer
+from evaluation.generation import BOOTSTRAP_KEY, ConditioningAccuracy, GenerationScorer, prepare_scorer
+from evaluation.intervals import BOOTSTRAP_ARTIFACT_DIR, BOOTSTRAP_FILE
 from evaluation.reference import evaluation_reference
 from evaluation.reconstruction import compute_reconstruction_metrics
 from evaluation.report_card import META_KEY, MetricsReport, metric_values, write_metrics_json
@@ -122,7 +123,8 @@ def evaluate_experiment(cfg: ExperimentConfig | None, checkpoint: Path, workdir:
     pipeline = LatentDiffusionPipeline.from_checkpoint(checkpoint, device=device)
     cfg = build_config((cfg or pipeline.config).model_dump(mode="json"), overrides)
     evaluation, sampling = cfg.evaluation, cfg.diffusion.sampling
-    scorer = prepare_scorer(pipeline.config.data, evaluation, workdir, evaluation.num_samples)
+    scorer = prepare_scorer(pipeline.config.data, evaluation, workdir, evaluation.num_samples,
+                            replicates=evaluation.bootstrap_replicates)
     conditions = draw_conditions(pipeline, evaluation, workdir)
     path = out or Path(checkpoint).parent / "metrics.json"
 
@@ -132,14 +134,17 @@ def evaluate_experiment(cfg: ExperimentConfig | None, checkpoint: Path, workdir:
 
     report = variant("", sampling)
     meta = report.pop(META_KEY)
+    replicates: dict[str, list[float]] = meta.pop(BOOTSTRAP_KEY, {})
     meta.update(sampler=sampling.sampler, steps=sampling.steps, eta=sampling.eta,
                 guidance_scale=sampling.guidance_scale, checkpoint=str(checkpoint), ranks=ranks.world_size)
     for scale in evaluation.guidance_scales:
         scaled = variant(f"g{scale:g}", sampling.model_copy(update={"guidance_scale": scale}))
         report.update({f"g{scale:g}/{k}": v for k, v in metric_values(scaled).items()})
+        replicates.update({f"g{scale:g}/{k}": v for k, v in scaled[META_KEY].get(BOOTSTRAP_KEY, {}).items()})
     for steps in evaluation.ddim_steps:
         fewer = variant(f"ddim{steps}", sampling.model_copy(update={"sampler": "ddim", "steps": steps}))
         report.update({f"ddim{steps}/{k}": v for k, v in metric_values(fewer).items()})
+        replicates.update({f"ddim{steps}/{k}": v for k, v in fewer[META_KEY].get(BOOTSTRAP_KEY, {}).items()})
     reconstruction = compute_reconstruction_metrics(pipeline.first_stage, cfg.data, evaluation, workdir)
     report.update(metric_values(reconstruction))
     report.update(cost_metrics(pipeline))
@@ -154,4 +159,8 @@ def evaluate_experiment(cfg: ExperimentConfig | None, checkpoint: Path, workdir:
     tracker.set_tags({Tag.NUM_SAMPLES: str(meta["num_samples"]),
                       Tag.EXTRACTOR_WEIGHTS: "; ".join(f"{k}: {v}" for k, v in meta["extractor_weights"].items())})
     tracker.log_artifact(path)
+    if replicates:
+        bootstrap = path.with_name(BOOTSTRAP_FILE)
+        write_metrics_json(replicates, bootstrap)
+        tracker.log_artifact(bootstrap, BOOTSTRAP_ARTIFACT_DIR)
     return report

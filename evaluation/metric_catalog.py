@@ -17,21 +17,31 @@ class MetricInfo:
     direction: Direction
     label: str
     unit: str = ""
+    objective: bool = True
+    """Whether a sweep may optimise it: not the spread of a number (`_std`) nor an interval's end (`_lo`/`_hi`)."""
 
     @property
     def arrow(self) -> str:
         return "↓" if self.direction == "minimize" else "↑"
 
 
+def _interval(info: MetricInfo) -> list[MetricInfo]:
+    """A metric and the ends of its 95% interval (`evaluation/intervals.py`), which share its direction."""
+    return [info, *(MetricInfo(f"{info.name}_{end}", info.direction, f"{info.label} 95% {end}", info.unit,
+                               objective=False) for end in ("lo", "hi"))]
+
+
 def _generation(extractor: str) -> list[MetricInfo]:
     return [
-        MetricInfo(f"fid_{extractor}", "minimize", f"FID ({extractor})"),
-        MetricInfo(f"kid_{extractor}", "minimize", f"KID ({extractor})"),
-        MetricInfo(f"kid_{extractor}_std", "minimize", f"KID std ({extractor})"),
-        MetricInfo(f"precision_{extractor}", "maximize", f"Precision ({extractor})"),
-        MetricInfo(f"recall_{extractor}", "maximize", f"Recall ({extractor})"),
-        MetricInfo(f"is_{extractor}", "maximize", f"IS ({extractor})"),
-        MetricInfo(f"is_{extractor}_std", "minimize", f"IS std ({extractor})"),
+        *_interval(MetricInfo(f"fid_{extractor}", "minimize", f"FID ({extractor})")),
+        # FID extrapolated to infinitely many samples (Chong & Forsyth 2020): comparable across sample counts.
+        *_interval(MetricInfo(f"fdinf_{extractor}", "minimize", f"FD∞ ({extractor})")),
+        *_interval(MetricInfo(f"kid_{extractor}", "minimize", f"KID ({extractor})")),
+        MetricInfo(f"kid_{extractor}_std", "minimize", f"KID std ({extractor})", objective=False),
+        *_interval(MetricInfo(f"precision_{extractor}", "maximize", f"Precision ({extractor})")),
+        *_interval(MetricInfo(f"recall_{extractor}", "maximize", f"Recall ({extractor})")),
+        *_interval(MetricInfo(f"is_{extractor}", "maximize", f"IS ({extractor})")),
+        MetricInfo(f"is_{extractor}_std", "minimize", f"IS std ({extractor})", objective=False),
         MetricInfo(f"rfid_{extractor}", "minimize", f"rFID ({extractor})"),
     ]
 

@@ -53,7 +53,8 @@ def test_every_metric_family_with_guidance_and_ddim_variants(class_model: Path, 
     for name in ["fid_domain", "kid_domain", "precision_domain", "recall_domain", "is_domain", "cond_accuracy",
                  "rfid_domain", "psnr", "ssim", "bpp", "params_unet", "params_cond", "unet_gflops",
                  "sample_images_per_s", "peak_memory_mb", "g3/fid_domain", "g3/cond_accuracy",
-                 "ddim1/fid_domain", "ddim1/sample_images_per_s"]:
+                 "ddim1/fid_domain", "ddim1/sample_images_per_s", "fdinf_domain", "fdinf_domain_lo", "fid_domain_lo",
+                 "fid_domain_hi", "kid_domain_lo", "recall_domain_hi", "is_domain_lo", "g3/fid_domain_hi"]:
         assert isinstance(written[name], float), name
         metric_info(name)  # every logged name is a catalog metric or one of its variants
     assert 0.0 <= written["cond_accuracy"] <= 100.0
@@ -64,6 +65,11 @@ def test_every_metric_family_with_guidance_and_ddim_variants(class_model: Path, 
     meta = written["meta"]
     assert meta["num_samples"] == 20 and meta["steps"] == 2 and "domain" in meta["extractor_weights"]
     assert "kid_subset_size" in meta
+    # The bootstrap replicates (100 by default) beside metrics.json, not in it, for every variant too.
+    assert "bootstrap" not in meta and meta["bootstrap_replicates"] == 100
+    replicates = json.loads((workdir / "bootstrap.json").read_text())
+    assert {"fid_domain", "fdinf_domain", "precision_domain", "g3/fid_domain", "ddim1/kid_domain"} <= set(replicates)
+    assert all(len(values) == 100 for values in replicates.values())
 
 
 def test_peak_memory_is_the_evaluations_not_the_processes(class_model: Path, workdir: Path) -> None:

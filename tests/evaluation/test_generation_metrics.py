@@ -46,7 +46,8 @@ def test_domain_fid_of_reference_against_itself_is_zero(mnist_workdir: Path) -> 
     assert abs(report["fid_domain"]) < 1e-3
     assert report["precision_domain"] == 1.0 and report["recall_domain"] == 1.0
     assert set(metric_values(report)) == {
-        "fid_domain", "kid_domain", "kid_domain_std", "precision_domain", "recall_domain", "is_domain", "is_domain_std"
+        "fid_domain", "kid_domain", "kid_domain_std", "precision_domain", "recall_domain", "is_domain", "is_domain_std",
+        "fdinf_domain", "fdinf_domain_lo", "fdinf_domain_hi",
     } and set(metric_values(report)) <= set(CATALOG)
     # IS is exp(entropy of the predicted label mix) per split of 10 images, for a confident classifier:
     # about 5.7 for 10 draws of 10 balanced digits, and never above the 10 classes.
