@@ -12,6 +12,7 @@ from evaluation.cost import PeakMemory, forward_gflops, parameters_m
 from evaluation.extractors.domain import load_domain_extractor
 from evaluation.generation import BOOTSTRAP_KEY, ConditioningAccuracy, GenerationScorer, prepare_scorer
 from evaluation.intervals import BOOTSTRAP_ARTIFACT_DIR, BOOTSTRAP_FILE
+from evaluation.protocol import PROTOCOL_ARTIFACT_DIR, PROTOCOL_FILE, evaluation_protocol, protocol_fingerprint
 from evaluation.reference import evaluation_reference
 from evaluation.reconstruction import compute_reconstruction_metrics
 from evaluation.report_card import META_KEY, MetricsReport, metric_values, write_metrics_json
@@ -135,8 +136,10 @@ def evaluate_experiment(cfg: ExperimentConfig | None, checkpoint: Path, workdir:
     report = variant("", sampling)
     meta = report.pop(META_KEY)
     replicates: dict[str, list[float]] = meta.pop(BOOTSTRAP_KEY, {})
+    protocol = evaluation_protocol(cfg, [s.extractor.spec for s in scorer.scored], meta["num_reference"])
     meta.update(sampler=sampling.sampler, steps=sampling.steps, eta=sampling.eta,
-                guidance_scale=sampling.guidance_scale, checkpoint=str(checkpoint), ranks=ranks.world_size)
+                guidance_scale=sampling.guidance_scale, checkpoint=str(checkpoint), ranks=ranks.world_size,
+                eval_protocol=protocol_fingerprint(protocol))
     for scale in evaluation.guidance_scales:
         scaled = variant(f"g{scale:g}", sampling.model_copy(update={"guidance_scale": scale}))
         report.update({f"g{scale:g}/{k}": v for k, v in metric_values(scaled).items()})
@@ -157,8 +160,12 @@ def evaluate_experiment(cfg: ExperimentConfig | None, checkpoint: Path, workdir:
     values = {k: v for k, v in metric_values(report).items() if v is not None}
     tracker.log_metrics(values, step=cfg.training.diffusion.steps)
     tracker.set_tags({Tag.NUM_SAMPLES: str(meta["num_samples"]),
-                      Tag.EXTRACTOR_WEIGHTS: "; ".join(f"{k}: {v}" for k, v in meta["extractor_weights"].items())})
+                      Tag.EXTRACTOR_WEIGHTS: "; ".join(f"{k}: {v}" for k, v in meta["extractor_weights"].items()),
+                      Tag.EVAL_PROTOCOL: meta["eval_protocol"]})
     tracker.log_artifact(path)
+    protocol_path = path.with_name(PROTOCOL_FILE)
+    write_metrics_json(protocol, protocol_path)
+    tracker.log_artifact(protocol_path, PROTOCOL_ARTIFACT_DIR)
     if replicates:
         bootstrap = path.with_name(BOOTSTRAP_FILE)
         write_metrics_json(replicates, bootstrap)
