@@ -145,6 +145,7 @@ class GenerationStream:
                                         seed=evaluation.seed, replicates=scorer.replicates)
             report.update(intervals.values)
             replicates.update(intervals.replicates)
+            notes.extend(intervals.notes)
         report[META_KEY] = {
             "num_samples": count, "num_reference": num_reference, "reference": scorer.reference_name,
             "seed": evaluation.seed, "kid_subset_size": kid_subset_size,

@@ -22,7 +22,7 @@ from evaluation.bootstrap import (
     resample_indices,
     seeded_rng,
 )
-from evaluation.fd_infinity import fd_infinity_interval
+from evaluation.fd_infinity import MIN_SUBSET_PER_DIMENSION, fd_infinity_interval, subset_sizes, trustworthy
 from evaluation.features import ISC_SPLITS, FidelityMetric, LoadedExtractor, ReferenceFeatures, metric_kwargs
 from evaluation.frechet import FrechetReference, FrechetRows
 
@@ -34,6 +34,7 @@ BOOTSTRAP_FILE = "bootstrap.json"
 class Intervals:
     values: dict[str, float | None] = field(default_factory=dict)
     replicates: dict[str, list[float]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 def interval_scores(generated: dict[str, Tensor], reference: ReferenceFeatures, frechet: FrechetReference,
@@ -57,6 +58,11 @@ def interval_scores(generated: dict[str, Tensor], reference: ReferenceFeatures, 
                            f"fdinf_{name}_hi": estimate.hi})
         if replicates:
             out.replicates[f"fdinf_{name}"] = estimate.replicates.tolist()
+        if not trustworthy(n, features.shape[1]):
+            out.notes.append(f"fdinf_{name} extrapolates from subsets of {subset_sizes(n)[0]} samples, under "
+                             f"{MIN_SUBSET_PER_DIMENSION}x the {features.shape[1]} feature dimensions: it may over- "
+                             f"or under-correct (trustworthy from {5 * MIN_SUBSET_PER_DIMENSION * features.shape[1]} "
+                             "samples)")
     if not replicates:
         return out
     largest = max(n, len(reference.features) if reference.features is not None else 0)

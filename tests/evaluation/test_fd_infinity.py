@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from gaussians import GaussianPair
 
-from evaluation.fd_infinity import fd_infinity, fd_infinity_interval, subset_sizes
+from evaluation.fd_infinity import fd_infinity, fd_infinity_interval, subset_sizes, trustworthy
 from evaluation.frechet import FrechetRows
 
 REPETITIONS, N, REPLICATES = 100, 200, 50
@@ -54,3 +54,8 @@ def test_the_intercept_of_an_exact_bias_law_is_recovered() -> None:
             return 3.0 + 40.0 / len(index)
 
     assert fd_infinity(Law(), np.arange(300)) == pytest.approx(3.0)
+
+
+def test_trustworthy_from_ten_samples_per_feature_dimension() -> None:
+    assert trustworthy(200, 12) and trustworthy(20480, 2048)
+    assert not trustworthy(500, 2048) and not trustworthy(200, 64)

@@ -60,3 +60,14 @@ def test_only_the_requested_and_available_metrics() -> None:
     out = scores(replicates=5, metrics={"fid"}, has_isc=False)
     assert set(out.values) == {"fid_toy_lo", "fid_toy_hi"} and set(out.replicates) == {"fid_toy"}
     assert np.isfinite(out.values["fid_toy_lo"])
+
+
+def test_too_few_samples_per_dimension_for_fd_infinity_are_noted() -> None:
+    """60 samples: the smallest subset, 12, is under 2 x 8 dimensions, and not under 2 x 4."""
+    out = scores(replicates=0)
+    assert len(out.notes) == 1 and "fdinf_toy" in out.notes[0] and "from 80 samples" in out.notes[0]
+    generated, reference = inputs()
+    narrow = {"f": generated["f"][:, :4]}
+    narrow_reference = ReferenceFeatures.of(reference.features[:, :4])
+    assert interval_scores(narrow, narrow_reference, FrechetReference.of(narrow_reference), extractor(False), {},
+                           metrics={"fdinf"}, kid_subset_size=20, seed=3, replicates=0).notes == []
