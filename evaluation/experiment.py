@@ -24,6 +24,7 @@ from ldm.diffusion.conditioning import EvaluationConditions
 from ldm.distributed import current_ranks, init_distributed
 from ldm.tracking import NullTracker, Tag, Tracker
 from ldm.training.device import resolve_device
+from ldm.training.loop import images_per_second
 from ldm.training.pipeline import LatentDiffusionPipeline
 
 
@@ -94,14 +95,19 @@ def intermediate_fid(cfg: ExperimentConfig, workdir: Path) -> IntermediateFid | 
 
 
 def cost_metrics(pipeline: LatentDiffusionPipeline) -> dict[str, float]:
-    """Parameters of each part and UNet GFLOPs for one image (batch 1) at one timestep."""
+    """Parameters of each part, UNet GFLOPs for one image (batch 1) at one timestep, and the checkpoint's training
+    time and throughput (as the training stage logged them) when it records them."""
     cfg = pipeline.config
     denoiser = pipeline.denoiser
     shape = pipeline.first_stage.latent_shape(cfg.data.resolution)
     x = torch.zeros(1, *shape, device=pipeline.device)
     t = torch.zeros(1, dtype=torch.long, device=pipeline.device)
     cond = denoiser.conditioner.null(1)
+    timing = pipeline.training_timing
+    trained = ({"train_hours": timing["seconds"] / 3600,
+                "train_images_per_s": images_per_second(timing)} if timing else {})
     return {
+        **trained,
         "params_first_stage": parameters_m(pipeline.first_stage),
         "params_unet": parameters_m(denoiser.unet),
         "params_cond": parameters_m(denoiser.conditioner),
