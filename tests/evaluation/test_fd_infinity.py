@@ -26,6 +26,7 @@ def test_the_95_percent_interval_covers_the_closed_form_distance(runs: tuple[flo
     truth, _, estimates = runs
     covered = sum(e.lo <= truth <= e.hi for e in estimates)
     assert covered >= 90
+    assert all(len(e.replicates) == 30 for e in estimates)  # of the 50 resamples given
 
 
 def test_fixed_n_fid_is_biased_above_the_truth_and_fd_infinity_is_not(runs: tuple[float, np.ndarray, list]) -> None:
