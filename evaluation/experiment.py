@@ -10,7 +10,9 @@ import torch
 
 from evaluation.cost import PeakMemory, forward_gflops, parameters_m
 from evaluation.extractors.domain import load_domain_extractor
-from evaluation.generation import ConditioningAccuracy, GenerationScorer, prepare_scorer
+from evaluation.generation import BOOTSTRAP_KEY, ConditioningAccuracy, GenerationScorer, prepare_scorer
+from evaluation.intervals import BOOTSTRAP_ARTIFACT_DIR, BOOTSTRAP_FILE
+from evaluation.protocol import PROTOCOL_ARTIFACT_DIR, PROTOCOL_FILE, evaluation_protocol, protocol_fingerprint
 from evaluation.reference import evaluation_reference
 from evaluation.reconstruction import compute_reconstruction_metrics
 from evaluation.report_card import META_KEY, MetricsReport, metric_values, write_metrics_json
@@ -22,6 +24,7 @@ from ldm.diffusion.conditioning import EvaluationConditions
 from ldm.distributed import current_ranks, init_distributed
 from ldm.tracking import NullTracker, Tag, Tracker
 from ldm.training.device import resolve_device
+from ldm.training.loop import images_per_second
 from ldm.training.pipeline import LatentDiffusionPipeline
 
 
@@ -92,14 +95,19 @@ def intermediate_fid(cfg: ExperimentConfig, workdir: Path) -> IntermediateFid | 
 
 
 def cost_metrics(pipeline: LatentDiffusionPipeline) -> dict[str, float]:
-    """Parameters of each part and UNet GFLOPs for one image (batch 1) at one timestep."""
+    """Parameters of each part, UNet GFLOPs for one image (batch 1) at one timestep, and the checkpoint's training
+    time and throughput (as the training stage logged them) when it records them."""
     cfg = pipeline.config
     denoiser = pipeline.denoiser
     shape = pipeline.first_stage.latent_shape(cfg.data.resolution)
     x = torch.zeros(1, *shape, device=pipeline.device)
     t = torch.zeros(1, dtype=torch.long, device=pipeline.device)
     cond = denoiser.conditioner.null(1)
+    timing = pipeline.training_timing
+    trained = ({"train_hours": timing["seconds"] / 3600,
+                "train_images_per_s": images_per_second(timing)} if timing else {})
     return {
+        **trained,
         "params_first_stage": parameters_m(pipeline.first_stage),
         "params_unet": parameters_m(denoiser.unet),
         "params_cond": parameters_m(denoiser.conditioner),
@@ -122,7 +130,8 @@ def evaluate_experiment(cfg: ExperimentConfig | None, checkpoint: Path, workdir:
     pipeline = LatentDiffusionPipeline.from_checkpoint(checkpoint, device=device)
     cfg = build_config((cfg or pipeline.config).model_dump(mode="json"), overrides)
     evaluation, sampling = cfg.evaluation, cfg.diffusion.sampling
-    scorer = prepare_scorer(pipeline.config.data, evaluation, workdir, evaluation.num_samples)
+    scorer = prepare_scorer(pipeline.config.data, evaluation, workdir, evaluation.num_samples,
+                            replicates=evaluation.bootstrap_replicates)
     conditions = draw_conditions(pipeline, evaluation, workdir)
     path = out or Path(checkpoint).parent / "metrics.json"
 
@@ -132,14 +141,19 @@ def evaluate_experiment(cfg: ExperimentConfig | None, checkpoint: Path, workdir:
 
     report = variant("", sampling)
     meta = report.pop(META_KEY)
+    replicates: dict[str, list[float]] = meta.pop(BOOTSTRAP_KEY, {})
+    protocol = evaluation_protocol(cfg, [s.extractor.spec for s in scorer.scored], meta["num_reference"])
     meta.update(sampler=sampling.sampler, steps=sampling.steps, eta=sampling.eta,
-                guidance_scale=sampling.guidance_scale, checkpoint=str(checkpoint), ranks=ranks.world_size)
+                guidance_scale=sampling.guidance_scale, checkpoint=str(checkpoint), ranks=ranks.world_size,
+                eval_protocol=protocol_fingerprint(protocol))
     for scale in evaluation.guidance_scales:
         scaled = variant(f"g{scale:g}", sampling.model_copy(update={"guidance_scale": scale}))
         report.update({f"g{scale:g}/{k}": v for k, v in metric_values(scaled).items()})
+        replicates.update({f"g{scale:g}/{k}": v for k, v in scaled[META_KEY].get(BOOTSTRAP_KEY, {}).items()})
     for steps in evaluation.ddim_steps:
         fewer = variant(f"ddim{steps}", sampling.model_copy(update={"sampler": "ddim", "steps": steps}))
         report.update({f"ddim{steps}/{k}": v for k, v in metric_values(fewer).items()})
+        replicates.update({f"ddim{steps}/{k}": v for k, v in fewer[META_KEY].get(BOOTSTRAP_KEY, {}).items()})
     reconstruction = compute_reconstruction_metrics(pipeline.first_stage, cfg.data, evaluation, workdir)
     report.update(metric_values(reconstruction))
     report.update(cost_metrics(pipeline))
@@ -152,6 +166,14 @@ def evaluate_experiment(cfg: ExperimentConfig | None, checkpoint: Path, workdir:
     values = {k: v for k, v in metric_values(report).items() if v is not None}
     tracker.log_metrics(values, step=cfg.training.diffusion.steps)
     tracker.set_tags({Tag.NUM_SAMPLES: str(meta["num_samples"]),
-                      Tag.EXTRACTOR_WEIGHTS: "; ".join(f"{k}: {v}" for k, v in meta["extractor_weights"].items())})
+                      Tag.EXTRACTOR_WEIGHTS: "; ".join(f"{k}: {v}" for k, v in meta["extractor_weights"].items()),
+                      Tag.EVAL_PROTOCOL: meta["eval_protocol"]})
     tracker.log_artifact(path)
+    protocol_path = path.with_name(PROTOCOL_FILE)
+    write_metrics_json(protocol, protocol_path)
+    tracker.log_artifact(protocol_path, PROTOCOL_ARTIFACT_DIR)
+    if replicates:
+        bootstrap = path.with_name(BOOTSTRAP_FILE)
+        write_metrics_json(replicates, bootstrap)
+        tracker.log_artifact(bootstrap, BOOTSTRAP_ARTIFACT_DIR)
     return report

@@ -26,7 +26,8 @@ from torch_fidelity.utils import create_feature_extractor
 from evaluation.extractors import FidelityExtractor, check_uint8_rgb
 from ldm.distributed import Ranks
 
-FidelityMetric = Literal["fid", "kid", "prc", "isc"]
+# "fdinf" is FD-infinity (`evaluation/intervals.py`): not torch-fidelity's, but computed from the FID features.
+FidelityMetric = Literal["fid", "kid", "prc", "isc", "fdinf"]
 PRC_NEIGHBORHOOD = 3
 ISC_SPLITS = 10
 # Precision/recall hold blocks of b x N distances (about 40 bytes each with the k-th value search); torch-fidelity's

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -29,6 +30,8 @@ from evaluation.features import (
     ReferenceFeatures,
     fidelity_scores,
 )
+from evaluation.frechet import FrechetReference
+from evaluation.intervals import interval_scores
 from evaluation.reference import ReferenceSet, cached_reference_features, evaluation_reference, read_statistics
 from evaluation.report_card import META_KEY, MetricsReport
 from evaluation.sampling import SampleBatch
@@ -36,9 +39,10 @@ from ldm.config import DataConfig, EvaluationConfig
 from ldm.distributed import Ranks
 from ldm.errors import UserError
 
-GENERATION_METRICS: frozenset[FidelityMetric] = frozenset({"fid", "kid", "prc", "isc"})
+GENERATION_METRICS: frozenset[FidelityMetric] = frozenset({"fid", "kid", "prc", "isc", "fdinf"})
 # Every IS split needs an image, and precision/recall each point's PRC_NEIGHBORHOOD-th neighbour besides itself.
 MIN_SAMPLES = max(ISC_SPLITS, PRC_NEIGHBORHOOD + 1)
+BOOTSTRAP_KEY = "bootstrap"  # meta entry holding the replicates, which evaluate_experiment writes apart
 NO_FEATURES = ("kid_{0}, precision_{0} and recall_{0} unavailable: the reference statistics '{1}' hold no "
                "features (write them with `ldm eval ref --features`)")
 
@@ -56,6 +60,11 @@ class Scored:
     extractor: LoadedExtractor
     reference: ReferenceFeatures
 
+    @cached_property
+    def frechet(self) -> FrechetReference:
+        """The reference factored for FD-infinity and the FID bootstrap, once for every variant of an evaluation."""
+        return FrechetReference.of(self.reference)
+
 
 @dataclass(frozen=True)
 class GenerationScorer:
@@ -66,18 +75,21 @@ class GenerationScorer:
     reference_name: str
     metrics: frozenset[FidelityMetric] = GENERATION_METRICS
     notes: list[str] = field(default_factory=list)
+    replicates: int = 0
+    """Bootstrap resamples behind each metric's `_lo`/`_hi` (`evaluation/intervals.py`); 0: no intervals."""
 
     def stream(self) -> GenerationStream:
         return GenerationStream(self, [FeatureStream(s.extractor) for s in self.scored])
 
 
 def prepare_scorer(data: DataConfig, evaluation: EvaluationConfig, workdir: Path, num_samples: int, *,
-                   reference: ReferenceSet | None = None, metrics: Collection[FidelityMetric] = GENERATION_METRICS
-                   ) -> GenerationScorer:
+                   reference: ReferenceSet | None = None, metrics: Collection[FidelityMetric] = GENERATION_METRICS,
+                   replicates: int = 0) -> GenerationScorer:
     """Extractors and references for `num_samples` generated images; every bad setting fails here, before sampling.
 
     `reference` (default: `evaluation.reference_stats`, else `evaluation_reference` of `num_samples` samples) is
-    built here when not given.
+    built here when not given. `replicates`: bootstrap resamples for the intervals (an experiment's evaluation
+    passes `evaluation.bootstrap_replicates`; intermediate FIDs and rFID take none).
     """
     stats = evaluation.reference_stats if reference is None else None
     if reference is None and stats is None:
@@ -97,7 +109,7 @@ def prepare_scorer(data: DataConfig, evaluation: EvaluationConfig, workdir: Path
         if "isc" in metrics and spec.isc_unavailable is not None:
             notes.append(f"is_{name} unavailable: {spec.isc_unavailable}")
     name = f"{data.name}/{evaluation.reference_split}" if stats is None else str(stats)
-    return GenerationScorer(scored, evaluation, name, frozenset(metrics), notes)
+    return GenerationScorer(scored, evaluation, name, frozenset(metrics), notes, replicates)
 
 
 class GenerationStream:
@@ -123,15 +135,25 @@ class GenerationStream:
             notes.append(f"kid_subset_size={evaluation.kid_subset_size} clamped to {kid_subset_size} "
                          f"= min(requested, {count} generated, {num_reference} reference)")
         report: MetricsReport = {}
+        replicates: dict[str, list[float]] = {}
         for features, scored in zip(gathered, scorer.scored, strict=True):
-            report.update(fidelity_scores(features, scored.reference, scored.extractor, metrics=scorer.metrics,
-                                          kid_subset_size=kid_subset_size, seed=evaluation.seed))
+            points = fidelity_scores(features, scored.reference, scored.extractor, metrics=scorer.metrics,
+                                     kid_subset_size=kid_subset_size, seed=evaluation.seed)
+            report.update(points)
+            intervals = interval_scores(features, scored.reference, scored.frechet, scored.extractor, points,
+                                        metrics=scorer.metrics, kid_subset_size=kid_subset_size,
+                                        seed=evaluation.seed, replicates=scorer.replicates)
+            report.update(intervals.values)
+            replicates.update(intervals.replicates)
+            notes.extend(intervals.notes)
         report[META_KEY] = {
             "num_samples": count, "num_reference": num_reference, "reference": scorer.reference_name,
             "seed": evaluation.seed, "kid_subset_size": kid_subset_size,
             "extractor_weights": {s.extractor.spec.name: s.extractor.spec.weights for s in scorer.scored},
-            "notes": notes,
+            "bootstrap_replicates": scorer.replicates, "notes": notes,
         }
+        if replicates:
+            report[META_KEY][BOOTSTRAP_KEY] = replicates
         return report
 
 

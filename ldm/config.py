@@ -232,6 +232,9 @@ class EvaluationConfig(Section):
                                          "needs exactly one extractor")
     samples_npz: bool = Field(False, description="also write the samples as an ADM-evaluator sample batch "
                               "(arr_0, uint8 NHWC) beside metrics.json")
+    bootstrap_replicates: int = Field(100, ge=0, description="resamples of the generated samples behind the 95% "
+                                      "intervals <metric>_lo/_hi and fdinf_<extractor>_lo/_hi (drawn from "
+                                      "evaluation.seed alone, so arms pair); 0: no intervals")
     seed: int = 0
 
     @model_validator(mode="after")

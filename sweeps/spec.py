@@ -153,6 +153,9 @@ class Objective(_SpecModel):
             raise ValueError(
                 f"unknown metric '{self.metric}'; allowed: {', '.join(CATALOG)} "
                 "(also as g<scale>/<metric> or ddim<K>/<metric>)") from None
+        if not info.objective:
+            raise ValueError(f"metric '{self.metric}' describes another metric's spread or interval and cannot be "
+                             f"an objective; allowed: {', '.join(m.name for m in CATALOG.values() if m.objective)}")
         if self.direction is None:
             self.direction = info.direction
         elif self.direction != info.direction:
@@ -243,9 +246,11 @@ class SweepSpec(_SpecModel):
         errors = _collected([functools.partial(self._check_param, path, param) for path, param in self.space.items()])
         if errors:
             raise ValueError("; ".join(errors))
+        self._check_produced(base, "the base config")
         if self.sampler == "grid":
             for point in self.grid_points():
-                _as_value_error(f"grid point {point.params}: ", self.trial_config, point)
+                cfg = _as_value_error(f"grid point {point.params}: ", self.trial_config, point)
+                self._check_produced(cfg, f"grid point {point.params}")
         if self.pruner != "none" and self.prune_on.startswith("fid_"):
             extractor = self.prune_on.removeprefix("fid_")
             if base.evaluation.fid_every is None or extractor not in base.evaluation.extractors:
@@ -255,7 +260,18 @@ class SweepSpec(_SpecModel):
     def _check_param(self, path: str, param: Param) -> None:
         _check_path(path)
         for value in param.probe_values():
-            _as_value_error(f"space.{path}={value!r}: ", self.trial_config, TrialPoint({path: value}, self.seeds[0]))
+            cfg = _as_value_error(f"space.{path}={value!r}: ", self.trial_config,
+                                  TrialPoint({path: value}, self.seeds[0]))
+            self._check_produced(cfg, f"space.{path}={value!r}")
+
+    def _check_produced(self, cfg: ExperimentConfig, where: str) -> None:
+        """Every objective must be a metric the trial of `cfg` returns, or the study fails only after training."""
+        from sweeps.objective import unproduced  # the trial module: what a trial returns is its business
+
+        for objective in self.objectives:
+            reason = unproduced(objective.metric, cfg)
+            if reason is not None:
+                raise ValueError(f"objective '{objective.metric}' is not measured with {where}: {reason}")
 
     def _check_identity_duplicates(self, base: ExperimentConfig) -> None:
         """Fields the identity first stage ignores may not be swept where f can be 1: the trials would repeat."""

@@ -31,6 +31,8 @@ class FidelityExtractor:
     """Why these weights cannot give an Inception Score (no class logits); None when they can."""
     weights_sha256: str | None = None
     """The sha256 the weights file had when chosen; an extractor that takes it refuses a file changed since."""
+    resize: str = ""
+    """How uint8 images reach the network's input size: part of the evaluation protocol (`evaluation/protocol.py`)."""
 
     def fidelity_kwargs(self) -> dict[str, str]:
         kwargs = {"feature_extractor": self.fidelity_name, "feature_extractor_weights_path": str(self.weights_path)}

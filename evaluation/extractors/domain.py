@@ -174,7 +174,7 @@ def resolve_domain(data: DataConfig, workdir: Path) -> FidelityExtractor:
     return FidelityExtractor(
         name="domain", fidelity_name=FIDELITY_NAME, weights_path=path,
         weights=f"domain-cnn:{path.stem} test_accuracy={accuracy:.2f}%", cache_tag=path.stem.rsplit("-", 1)[-1],
-        feature_dim=checkpoint["feature_dim"],
+        feature_dim=checkpoint["feature_dim"], resize=f"bilinear-antialias to {data.resolution}px",
     )
 
 

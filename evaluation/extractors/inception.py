@@ -38,6 +38,8 @@ TORCHSCRIPT_NO_ISC = (
     f"put torch-fidelity's {STANDARD_WEIGHTS_FILE} in $TORCH_HOME/hub/checkpoints or set evaluation.inception_weights"
 )
 INPUT_SIZE = 299
+# Both graphs: torch-fidelity's FeatureExtractorInceptionV3 resizes inside, the TorchScript one in its forward.
+RESIZE = f"tf1-bilinear to {INPUT_SIZE}px"
 FEATURE_DIM = 2048  # the pool features of both Inception copies
 
 
@@ -94,7 +96,7 @@ def resolve_inception(explicit_weights: Path | None = None) -> FidelityExtractor
         return FidelityExtractor(
             name="inception", fidelity_name=VERIFIED_STANDARD_NAME, weights_path=standard,
             weights=f"torch-fidelity:{STANDARD_NAME} {standard.name} sha256:{sha[:12]}", cache_tag=f"tf{sha[:8]}",
-            feature_dim=FEATURE_DIM, weights_sha256=sha,
+            feature_dim=FEATURE_DIM, weights_sha256=sha, resize=RESIZE,
         )
     path = torchscript_weights_path()
     if not path.is_file():
@@ -104,6 +106,7 @@ def resolve_inception(explicit_weights: Path | None = None) -> FidelityExtractor
         name="inception", fidelity_name=TORCHSCRIPT_NAME, weights_path=path,
         weights=f"torchscript:{TORCHSCRIPT_DISTRIBUTION}=={version} {path.name} sha256:{TORCHSCRIPT_SHA256[:8]}...",
         cache_tag=f"ts{TORCHSCRIPT_SHA256[:8]}", feature_dim=FEATURE_DIM, isc_unavailable=TORCHSCRIPT_NO_ISC,
+        resize=RESIZE,
     )
 
 

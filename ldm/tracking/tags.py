@@ -15,6 +15,9 @@ class Tag(StrEnum):
     # What the final metrics were computed from, set by evaluation.
     NUM_SAMPLES = "ldm.num_samples"
     EXTRACTOR_WEIGHTS = "ldm.extractor_weights"
+    # 12 hex digits over what makes two runs' metrics comparable (`evaluation/protocol.py`); the protocol itself
+    # is the run artifact `evaluation/protocol.json`.
+    EVAL_PROTOCOL = "ldm.eval_protocol"
     # A sweep's parent run and its trial runs.
     ROLE = "ldm.role"
     STUDY = "ldm.study"

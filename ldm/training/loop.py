@@ -238,8 +238,12 @@ def train_stage(stage: Stage, cfg: ExperimentConfig, device: torch.device, track
                 if on_eval is not None:
                     _decided_on_main(ranks, lambda: [on_eval(name, value, step) for name, value in measured.items()])
     ranks.barrier()  # rank 0's last checkpoint is complete before any rank reads it
-    return TrainedStage(ema=ema, images_per_s=timing["images"] / max(timing["seconds"], 1e-9),
-                        train_seconds=timing["seconds"])
+    return TrainedStage(ema=ema, images_per_s=images_per_second(timing), train_seconds=timing["seconds"])
+
+
+def images_per_second(timing: dict[str, float]) -> float:
+    """Throughput of a stage's `timing` (seconds and images over every step, resumed parts included)."""
+    return timing["images"] / max(timing["seconds"], 1e-9)
 
 
 def _decided_on_main(ranks: Ranks, decide: Callable[[], object]) -> None:

@@ -70,9 +70,11 @@ class LatentDiffusionPipeline:
 
     def __init__(self, *, first_stage: FirstStage, denoiser: Denoiser, diffusion: GaussianDiffusion,
                  scale_factor: float, config: ExperimentConfig, dataset: DatasetSummary,
-                 device: torch.device) -> None:
+                 device: torch.device, training_timing: dict[str, float] | None = None) -> None:
         self.first_stage, self.denoiser, self.diffusion = first_stage, denoiser, diffusion
         self.scale_factor, self.config, self.dataset, self.device = scale_factor, config, dataset, device
+        self.training_timing = training_timing
+        """Seconds and images of the diffusion training behind a loaded checkpoint (all resumed parts)."""
 
     @classmethod
     def from_checkpoint(cls, path: Path, device: str | torch.device = "cpu",
@@ -95,7 +97,8 @@ class LatentDiffusionPipeline:
         for module in (first_stage, denoiser):
             module.to(device).eval().requires_grad_(False)
         return cls(first_stage=first_stage, denoiser=denoiser, diffusion=GaussianDiffusion.from_config(cfg.diffusion),
-                   scale_factor=scale_factor, config=cfg, dataset=dataset, device=device)
+                   scale_factor=scale_factor, config=cfg, dataset=dataset, device=device,
+                   training_timing=extras.get("timing"))
 
     @property
     def conditioner(self) -> Conditioner:

@@ -15,6 +15,7 @@ from evaluation.experiment import draw_conditions, evaluate_experiment, intermed
 from evaluation.extractors.domain import load_domain_extractor
 from evaluation.generation import compute_generation_metrics, conditioning_accuracy
 from evaluation.metric_catalog import metric_info
+from evaluation.protocol import protocol_fingerprint
 from evaluation.sampling import batch_generator, sample_batches
 from ldm.config import EvaluationConfig, Override, load_config
 from ldm.data.registry import build_dataset
@@ -22,7 +23,7 @@ from ldm.distributed import Ranks
 from ldm.errors import UserError
 from ldm.diffusion.conditioning import ConditionInputs
 from ldm.paths import WORKDIR_ENV
-from ldm.tracking import NullTracker
+from ldm.tracking import NullTracker, Tag
 from ldm.training.diffusion_stage import train_diffusion
 from ldm.training.pipeline import LatentDiffusionPipeline
 from ldm_cli.main import app
@@ -53,7 +54,8 @@ def test_every_metric_family_with_guidance_and_ddim_variants(class_model: Path, 
     for name in ["fid_domain", "kid_domain", "precision_domain", "recall_domain", "is_domain", "cond_accuracy",
                  "rfid_domain", "psnr", "ssim", "bpp", "params_unet", "params_cond", "unet_gflops",
                  "sample_images_per_s", "peak_memory_mb", "g3/fid_domain", "g3/cond_accuracy",
-                 "ddim1/fid_domain", "ddim1/sample_images_per_s"]:
+                 "ddim1/fid_domain", "ddim1/sample_images_per_s", "fdinf_domain", "fdinf_domain_lo", "fid_domain_lo",
+                 "fid_domain_hi", "kid_domain_lo", "recall_domain_hi", "is_domain_lo", "g3/fid_domain_hi"]:
         assert isinstance(written[name], float), name
         metric_info(name)  # every logged name is a catalog metric or one of its variants
     assert 0.0 <= written["cond_accuracy"] <= 100.0
@@ -64,6 +66,11 @@ def test_every_metric_family_with_guidance_and_ddim_variants(class_model: Path, 
     meta = written["meta"]
     assert meta["num_samples"] == 20 and meta["steps"] == 2 and "domain" in meta["extractor_weights"]
     assert "kid_subset_size" in meta
+    # The bootstrap replicates (100 by default) beside metrics.json, not in it, for every variant too.
+    assert "bootstrap" not in meta and meta["bootstrap_replicates"] == 100
+    replicates = json.loads((workdir / "bootstrap.json").read_text())
+    assert {"fid_domain", "fdinf_domain", "precision_domain", "g3/fid_domain", "ddim1/kid_domain"} <= set(replicates)
+    assert all(len(values) == (30 if "fdinf" in name else 100) for name, values in replicates.items())
 
 
 def test_peak_memory_is_the_evaluations_not_the_processes(class_model: Path, workdir: Path) -> None:
@@ -87,6 +94,27 @@ def test_same_seed_same_numbers(class_model: Path, workdir: Path) -> None:
     second = evaluate_experiment(None, class_model, workdir, out=workdir / "b.json")
     for name in ("fid_domain", "kid_domain", "cond_accuracy", "psnr"):
         assert first[name] == second[name], name
+
+
+def test_the_run_gets_the_protocol_fingerprint_and_the_bootstrap_and_protocol_artifacts(class_model: Path,
+                                                                                     workdir: Path) -> None:
+    tags: dict[str, str] = {}
+    artifacts: list[tuple[str, str | None]] = []
+
+    class Recorder(NullTracker):
+        def set_tags(self, values: dict[str, str]) -> None:
+            tags.update(values)
+
+        def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+            artifacts.append((Path(path).name, artifact_path))
+
+    out = workdir / "tracked" / "metrics.json"
+    out.parent.mkdir()
+    report = evaluate_experiment(None, class_model, workdir, Recorder(), out=out)
+    protocol = json.loads((out.parent / "protocol.json").read_text())
+    assert tags[Tag.EVAL_PROTOCOL] == protocol_fingerprint(protocol) == report["meta"]["eval_protocol"]
+    assert protocol["num_samples"] == 20 and protocol["extractors"][0]["name"] == "domain"
+    assert {("metrics.json", None), ("bootstrap.json", "evaluation"), ("protocol.json", "evaluation")} <= set(artifacts)
 
 
 def test_text_model_is_evaluated_with_the_labels_of_its_prompts(workdir: Path) -> None:

@@ -111,12 +111,14 @@ class Conditioner(nn.Module, ABC):
     `needs` is the dataset item key the type conditions on (validated against what the dataset provides),
     `accepts` the `ConditionInputs` fields a generation request may set, `context_dim` the width of the context
     tokens (None: no cross-attention), `reads_images` whether the condition is computed from the training
-    image itself (then training cannot run on cached latents alone).
+    image itself (then training cannot run on cached latents alone), `labels_scored` whether its evaluation
+    conditions carry target labels (then the evaluation measures `cond_accuracy`).
     """
 
     kind: ClassVar[Conditioning]
     needs: ClassVar[str | None] = None
     reads_images: ClassVar[bool] = False
+    labels_scored: ClassVar[bool] = False
     accepts: ClassVar[frozenset[str]] = frozenset()
     context_dim: int | None = None
 

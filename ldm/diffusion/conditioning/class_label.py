@@ -33,6 +33,7 @@ class ClassEmbedder(Conditioner, kind="class"):
 
     needs = "label"
     accepts = frozenset({"labels"})
+    labels_scored = True
 
     def __init__(self, num_classes: int, context_dim: int) -> None:
         super().__init__()

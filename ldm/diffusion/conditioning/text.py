@@ -37,6 +37,7 @@ class TextEncoder(Conditioner, kind="text"):
 
     needs = "caption"
     accepts = frozenset({"prompts"})
+    labels_scored = True  # a caption's label, where the dataset has labels
 
     def __init__(self, tokenizer: WordTokenizer, cfg: TextEncoderConfig, context_dim: int) -> None:
         super().__init__()
