@@ -5,7 +5,7 @@ Tag names have their own catalog, `ldm.tracking.Tag` (`ldm/tracking/tags.py`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Literal
 
 Direction = Literal["minimize", "maximize"]
@@ -17,22 +17,37 @@ class MetricInfo:
     direction: Direction
     label: str
     unit: str = ""
+    _: KW_ONLY
+    # How a table shows the value: `value * scale` with `decimals` digits (the header states a scale other than 1).
+    decimals: int = 2
+    scale: float = 1.0
+    # False for costs (parameters, FLOPs, speed, time): a table never marks their best, which is no finding.
+    result: bool = True
+    # The identity first stage (f = 1) logs a value fixed by construction (PSNR's 100 dB cap, the raw 8 bits
+    # per channel, rFID of the images themselves), not a measurement: tables withhold it.
+    fixed_at_identity: bool = False
 
     @property
     def arrow(self) -> str:
         return "↓" if self.direction == "minimize" else "↑"
 
 
+# KID is logged raw (torch-fidelity). On Inception features it is about 1e-3 to 1e-1, and papers print it x10^3;
+# the domain classifier's features are larger, so its KID is of order 1 and is shown as logged.
+KID_SCALE = {"inception": 1e3, "domain": 1.0}
+
+
 def _generation(extractor: str) -> list[MetricInfo]:
     return [
         MetricInfo(f"fid_{extractor}", "minimize", f"FID ({extractor})"),
-        MetricInfo(f"kid_{extractor}", "minimize", f"KID ({extractor})"),
-        MetricInfo(f"kid_{extractor}_std", "minimize", f"KID std ({extractor})"),
-        MetricInfo(f"precision_{extractor}", "maximize", f"Precision ({extractor})"),
-        MetricInfo(f"recall_{extractor}", "maximize", f"Recall ({extractor})"),
+        MetricInfo(f"kid_{extractor}", "minimize", f"KID ({extractor})", decimals=3, scale=KID_SCALE[extractor]),
+        MetricInfo(f"kid_{extractor}_std", "minimize", f"KID std ({extractor})", decimals=3,
+                   scale=KID_SCALE[extractor]),
+        MetricInfo(f"precision_{extractor}", "maximize", f"Precision ({extractor})", decimals=3),
+        MetricInfo(f"recall_{extractor}", "maximize", f"Recall ({extractor})", decimals=3),
         MetricInfo(f"is_{extractor}", "maximize", f"IS ({extractor})"),
         MetricInfo(f"is_{extractor}_std", "minimize", f"IS std ({extractor})"),
-        MetricInfo(f"rfid_{extractor}", "minimize", f"rFID ({extractor})"),
+        MetricInfo(f"rfid_{extractor}", "minimize", f"rFID ({extractor})", fixed_at_identity=True),
     ]
 
 
@@ -41,25 +56,26 @@ CATALOG: dict[str, MetricInfo] = {
     for m in [
         *_generation("inception"),
         *_generation("domain"),
-        MetricInfo("cond_accuracy", "maximize", "Cond. accuracy", "%"),
-        MetricInfo("psnr", "maximize", "PSNR", "dB"),
-        MetricInfo("ssim", "maximize", "SSIM"),
-        MetricInfo("mse", "minimize", "MSE"),
-        MetricInfo("bpp", "minimize", "Bits/pixel", "bit"),
-        MetricInfo("latent_ratio", "minimize", "Latent size ratio"),
-        MetricInfo("perplexity", "maximize", "Codebook perplexity"),
-        MetricInfo("codebook_usage", "maximize", "Codebook usage", "%"),
-        MetricInfo("params_first_stage", "minimize", "Params first stage", "M"),
-        MetricInfo("params_unet", "minimize", "Params UNet", "M"),
-        MetricInfo("params_cond", "minimize", "Params cond. encoder", "M"),
-        MetricInfo("unet_gflops", "minimize", "UNet GFLOPs"),
-        MetricInfo("sample_images_per_s", "maximize", "Sampling", "img/s"),
-        MetricInfo("train_images_per_s", "maximize", "Training", "img/s"),
+        MetricInfo("cond_accuracy", "maximize", "Cond. accuracy", "%", decimals=1),
+        MetricInfo("psnr", "maximize", "PSNR", "dB", fixed_at_identity=True),
+        MetricInfo("ssim", "maximize", "SSIM", decimals=3, fixed_at_identity=True),
+        MetricInfo("mse", "minimize", "MSE", decimals=2, scale=1e3, fixed_at_identity=True),
+        MetricInfo("bpp", "minimize", "Rate", "bpp", decimals=3, fixed_at_identity=True),
+        MetricInfo("latent_ratio", "minimize", "Latent size ratio", decimals=3, fixed_at_identity=True),
+        MetricInfo("perplexity", "maximize", "Codebook perplexity", decimals=1),
+        MetricInfo("codebook_usage", "maximize", "Codebook usage", "%", decimals=1),
+        # Logged in millions (evaluation.cost).
+        MetricInfo("params_first_stage", "minimize", "Params first stage", "M", decimals=3, result=False),
+        MetricInfo("params_unet", "minimize", "Params UNet", "M", decimals=3, result=False),
+        MetricInfo("params_cond", "minimize", "Params cond. encoder", "M", decimals=3, result=False),
+        MetricInfo("unet_gflops", "minimize", "UNet GFLOPs", decimals=3, result=False),
+        MetricInfo("sample_images_per_s", "maximize", "Sampling", "img/s", decimals=1, result=False),
+        MetricInfo("train_images_per_s", "maximize", "Training", "img/s", decimals=1, result=False),
         # Of the evaluation alone, model included: peak CUDA tensor memory, or on a Linux CPU the peak resident
         # set, both reset at its start (evaluation.cost.PeakMemory); absent on a CPU whose peak cannot reset.
-        MetricInfo("peak_memory_mb", "minimize", "Peak memory", "MB"),
-        MetricInfo("train_hours", "minimize", "Training time", "device-h"),
-        MetricInfo("val_loss", "minimize", "Val. loss"),
+        MetricInfo("peak_memory_mb", "minimize", "Peak memory", "MB", decimals=0, result=False),
+        MetricInfo("train_hours", "minimize", "Training time", "device-h", decimals=3, result=False),
+        MetricInfo("val_loss", "minimize", "Val. loss", decimals=4),
     ]
 }
 

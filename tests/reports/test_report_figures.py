@@ -73,7 +73,7 @@ def test_fid_curve_has_one_line_per_f_with_labelled_axes(study) -> None:
 def test_rate_distortion_marks_the_pareto_front_of_configuration_means(synthetic_store, study) -> None:
     fig = rate_distortion(study)
     psnr_ax, fid_ax = fig.axes[:2]
-    assert (psnr_ax.get_xlabel(), psnr_ax.get_ylabel()) == ("Bits/pixel [bit] ↓", "PSNR [dB] ↑")
+    assert (psnr_ax.get_xlabel(), psnr_ax.get_ylabel()) == ("Rate [bpp] ↓", "PSNR [dB] ↑")
     means = synthetic_store.finished.groupby(["f", "schedule"])[["bpp", "psnr", "fid_domain"]].mean()
     for ax, metric, minimize in ((psnr_ax, "psnr", False), (fid_ax, "fid_domain", True)):
         points = list(zip(means["bpp"], means[metric]))
