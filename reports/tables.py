@@ -338,6 +338,10 @@ def to_latex(table: Table, style: TableStyle = "plain") -> str:
         f"% {table.title} (ldm report, table style {style}); needs \\usepackage{{{','.join(layout.packages)}}}",
         rf"\begin{{{layout.environment}}}",
         r"\centering",
+        # As papers set tables: a size smaller and 4 pt, not 6 pt, beside each column, so that a table of a
+        # two-factor study with mean ± std cells fits an article's text width (local to the float).
+        r"\small",
+        r"\setlength{\tabcolsep}{4pt}",
         rf"\caption{{{latex_escape(table.caption)}}}",
         rf"\label{{tab:{table.name}}}",
         *tabular,
