@@ -86,3 +86,10 @@ def metric_info(name: str) -> MetricInfo:
     if base not in CATALOG:
         raise KeyError(name)
     return CATALOG[base]
+
+
+def metric_label(name: str) -> str:
+    """The catalog label; a sweep variant's prefix goes before it (`ddim10/fid_domain` -> `ddim10 FID (domain)`)."""
+    prefix = name.rpartition("/")[0]
+    label = metric_info(name).label
+    return f"{prefix} {label}" if prefix else label

@@ -11,7 +11,7 @@ from typing import get_args
 
 import pandas as pd
 
-from evaluation.metric_catalog import MetricInfo, metric_info
+from evaluation.metric_catalog import MetricInfo, metric_info, metric_label
 from ldm.config import ExtractorName
 from ldm.errors import UserError
 from ldm.tracking import Tag
@@ -198,9 +198,8 @@ def scale_text(scale: float) -> str:
 def metric_header(name: str, scale: float = 1.0) -> str:
     """`FID (domain) ↓`, `PSNR [dB] ↑`, `KID (inception) ×10³ ↓`; a sweep variant names itself (`ddim10 FID ...`)."""
     info = metric_info(name)
-    variant = name.rpartition("/")[0]
     unit = f" [{info.unit}]" if info.unit else ""
-    return f"{f'{variant} ' if variant else ''}{info.label}{scale_text(scale)}{unit} {info.arrow}"
+    return f"{metric_label(name)}{scale_text(scale)}{unit} {info.arrow}"
 
 
 def best_cells(means: Sequence[str | None], info: MetricInfo) -> list[bool]:
