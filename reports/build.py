@@ -25,7 +25,6 @@ FORMATS: tuple[ReportFormat, ...] = get_args(ReportFormat)
 REPORT_ARTIFACT_PATH = "report"
 
 
-
 def table_writers(style: TableStyle) -> dict[ReportFormat, Callable[[Table], str]]:
     """Table files per format, LaTeX in `style`; HTML tables live inside index.html."""
     return {

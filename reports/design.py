@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import yaml
 from pydantic import TypeAdapter, ValidationError
@@ -24,6 +25,8 @@ Levels = dict[str, tuple[str, ...] | None]
 _SPACE = TypeAdapter(dict[str, Param])
 _SEEDS = TypeAdapter(list[int])
 _OBJECTIVES = TypeAdapter(list[Objective])
+_REPORT = TypeAdapter(ReportSpec)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,7 @@ class StudyDesign:
 
 
 def spec_design(spec_yaml: str) -> StudyDesign | None:
-    """The design a logged spec describes; None when the text holds no valid space."""
+    """The design a logged spec describes; None when the text holds no valid space (or seeds)."""
     try:
         raw = yaml.safe_load(spec_yaml)
         if not isinstance(raw, Mapping) or "space" not in raw:
@@ -45,20 +48,20 @@ def spec_design(spec_yaml: str) -> StudyDesign | None:
         space = _SPACE.validate_python(raw["space"])
         seeds = _SEEDS.validate_python(raw.get("seeds", SweepSpec.model_fields["seeds"].get_default(
             call_default_factory=True)))
-        objectives = _OBJECTIVES.validate_python(raw.get("objectives", []))
     except (yaml.YAMLError, ValidationError):
         return None
     levels: Levels = {path: tuple(str(c) for c in param.choices) if isinstance(param, CategoricalParam) else None
                       for path, param in space.items() if param.varies()}
     is_grid = raw.get("sampler") == "grid" and all(v is not None for v in levels.values())
-    return StudyDesign(levels, tuple(map(str, seeds)) if is_grid else None,
-                       tuple(o.metric for o in objectives), _report_spec(raw.get("report", {})))
+    objectives = _or_default(_OBJECTIVES, raw.get("objectives"), [])
+    return StudyDesign(levels, tuple(map(str, seeds)) if is_grid else None, tuple(o.metric for o in objectives),
+                       _or_default(_REPORT, raw.get("report"), ReportSpec()))
 
 
-def _report_spec(raw: object) -> ReportSpec:
-    """The spec's `report:` section; the defaults where a spec written by another version holds an invalid one,
-    so that its tables are still built."""
+def _or_default(adapter: TypeAdapter[T], raw: object, default: T) -> T:
+    """`raw` validated; `default` where it is missing, or invalid in a spec that another version of the suite wrote
+    (a renamed metric, say): the factors and levels still stand, and the tables take their defaults."""
     try:
-        return ReportSpec.model_validate(raw)
+        return adapter.validate_python(raw) if raw is not None else default
     except ValidationError:
-        return ReportSpec()
+        return default

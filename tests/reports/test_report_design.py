@@ -47,6 +47,8 @@ def test_the_report_section_and_objectives_come_back_from_the_logged_spec() -> N
                                        formats={"psnr": MetricFormat(decimals=1)}, table_style="resized")
 
 
-def test_a_spec_without_or_with_an_unreadable_report_section_reports_with_the_defaults() -> None:
-    assert spec_design("space: {}\n").report == ReportSpec()
-    assert spec_design("space: {}\nreport: {table_style: folded}\n").report == ReportSpec()
+def test_a_spec_without_or_with_an_unreadable_report_section_or_objectives_reports_with_the_defaults() -> None:
+    assert spec_design("space: {}\n") == StudyDesign({}, None, (), ReportSpec())
+    unreadable = spec_design("space:\n  autoencoder.f: {type: categorical, choices: [1, 2]}\n"
+                             "report: {table_style: folded}\nobjectives: [{metric: fid_renamed}]\n")
+    assert unreadable == StudyDesign({"autoencoder.f": ("1", "2")}, None, (), ReportSpec())
