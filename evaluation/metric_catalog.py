@@ -6,7 +6,7 @@ Tag names have their own catalog, `ldm.tracking.Tag` (`ldm/tracking/tags.py`).
 from __future__ import annotations
 
 from dataclasses import KW_ONLY, dataclass
-from typing import Literal
+from typing import Any, Literal
 
 Direction = Literal["minimize", "maximize"]
 
@@ -26,6 +26,13 @@ class MetricInfo:
     # The identity first stage (f = 1) logs a value fixed by construction (PSNR's 100 dB cap, the raw 8 bits
     # per channel, rFID of the images themselves), not a measurement: tables withhold it.
     fixed_at_identity: bool = False
+    # The feature extractor of a sample-based metric; its label names it in parentheses.
+    extractor: str | None = None
+
+    @property
+    def plain_label(self) -> str:
+        """The label without its extractor (`FID`), for a table whose caption names its one extractor."""
+        return self.label.removesuffix(f" ({self.extractor})") if self.extractor else self.label
 
     @property
     def arrow(self) -> str:
@@ -38,16 +45,20 @@ KID_SCALE = {"inception": 1e3, "domain": 1.0}
 
 
 def _generation(extractor: str) -> list[MetricInfo]:
+    def on_features(name: str, direction: Direction, label: str, **formats: Any) -> MetricInfo:
+        """`name` with `{}` for the extractor; the label names it in parentheses."""
+        return MetricInfo(name.format(extractor), direction, f"{label} ({extractor})", extractor=extractor, **formats)
+
+    kid_format = {"decimals": 3, "scale": KID_SCALE[extractor]}
     return [
-        MetricInfo(f"fid_{extractor}", "minimize", f"FID ({extractor})"),
-        MetricInfo(f"kid_{extractor}", "minimize", f"KID ({extractor})", decimals=3, scale=KID_SCALE[extractor]),
-        MetricInfo(f"kid_{extractor}_std", "minimize", f"KID std ({extractor})", decimals=3,
-                   scale=KID_SCALE[extractor]),
-        MetricInfo(f"precision_{extractor}", "maximize", f"Precision ({extractor})", decimals=3),
-        MetricInfo(f"recall_{extractor}", "maximize", f"Recall ({extractor})", decimals=3),
-        MetricInfo(f"is_{extractor}", "maximize", f"IS ({extractor})"),
-        MetricInfo(f"is_{extractor}_std", "minimize", f"IS std ({extractor})"),
-        MetricInfo(f"rfid_{extractor}", "minimize", f"rFID ({extractor})", fixed_at_identity=True),
+        on_features("fid_{}", "minimize", "FID"),
+        on_features("kid_{}", "minimize", "KID", **kid_format),
+        on_features("kid_{}_std", "minimize", "KID std", **kid_format),
+        on_features("precision_{}", "maximize", "Precision", decimals=3),
+        on_features("recall_{}", "maximize", "Recall", decimals=3),
+        on_features("is_{}", "maximize", "IS"),
+        on_features("is_{}_std", "minimize", "IS std"),
+        on_features("rfid_{}", "minimize", "rFID", fixed_at_identity=True),
     ]
 
 
@@ -88,8 +99,9 @@ def metric_info(name: str) -> MetricInfo:
     return CATALOG[base]
 
 
-def metric_label(name: str) -> str:
+def metric_label(name: str, with_extractor: bool = True) -> str:
     """The catalog label; a sweep variant's prefix goes before it (`ddim10/fid_domain` -> `ddim10 FID (domain)`)."""
     prefix = name.rpartition("/")[0]
-    label = metric_info(name).label
+    info = metric_info(name)
+    label = info.label if with_extractor else info.plain_label
     return f"{prefix} {label}" if prefix else label

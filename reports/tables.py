@@ -106,13 +106,22 @@ def aggregate(finished: pd.DataFrame, factors: Sequence[str], metrics: Sequence[
     return data
 
 
-def evaluation_note(study: StudyRuns) -> str:
+def shared_extractor(metrics: Sequence[str]) -> str | None:
+    """The one feature extractor of a table's sample-based columns, which the caption then names for all of them (so
+    that headers stay short); None where they have several or none."""
+    extractors = {metric_info(m).extractor for m in metrics} - {None}
+    return extractors.pop() if len(extractors) == 1 else None
+
+
+def evaluation_note(study: StudyRuns, metrics: Sequence[str]) -> str:
     """Where the numbers come from: seeds per row, sample count and feature extractor of the generation metrics."""
     samples = ", ".join(study.tag_values(Tag.NUM_SAMPLES)) or "an unrecorded number of"
     weights = ", ".join(study.tag_values(Tag.EXTRACTOR_WEIGHTS)) or "not recorded"
+    extractor = shared_extractor(metrics)
+    features = f" on {extractor} features" if extractor else ""
     return (f"Mean ± std (sample std) over the n finished runs of each row; in bold the best mean of each result "
-            f"column, none on a tie. Generation metrics from {samples} samples per run; feature extractor: "
-            f"{weights}.")
+            f"column, none on a tie. Generation metrics{features} from {samples} samples per run; feature "
+            f"extractor: {weights}.")
 
 
 def default_metrics(study: StudyRuns) -> tuple[str, ...]:
@@ -165,7 +174,7 @@ def build_tables(study: StudyRuns, metrics: Sequence[str] | None = None) -> list
                                      **{metric_column(_IDENTITY): identity.astype(float)})
     formats = {m: number_format(m, study.report.formats) for m in columns}
     notes = identity_note(study, columns)
-    caption_note = evaluation_note(study)
+    caption_note = evaluation_note(study, columns)
 
     def table(name: str, title: str, caption: str, factors: tuple[str, ...]) -> Table:
         data = aggregate(finished, factors, [*columns, _IDENTITY])
@@ -195,11 +204,11 @@ def scale_text(scale: float) -> str:
     return f" ×10{str(round(exponent)).translate(_SUPERSCRIPTS)}" if exponent.is_integer() else f" ×{scale:g}"
 
 
-def metric_header(name: str, scale: float = 1.0) -> str:
+def metric_header(name: str, scale: float = 1.0, with_extractor: bool = True) -> str:
     """`FID (domain) ↓`, `PSNR [dB] ↑`, `KID (inception) ×10³ ↓`; a sweep variant names itself (`ddim10 FID ...`)."""
     info = metric_info(name)
     unit = f" [{info.unit}]" if info.unit else ""
-    return f"{metric_label(name)}{scale_text(scale)}{unit} {info.arrow}"
+    return f"{metric_label(name, with_extractor)}{scale_text(scale)}{unit} {info.arrow}"
 
 
 def best_cells(means: Sequence[str | None], info: MetricInfo) -> list[bool]:
@@ -235,8 +244,9 @@ def plain_rows(table: Table) -> list[list[tuple[str, bool]]]:
 
 
 def headers(table: Table) -> list[str]:
-    return [*(factor_label(f) for f in table.factors), *(metric_header(m, table.formats[m].scale)
-                                                         for m in table.metrics), "n"]
+    named = shared_extractor(table.metrics) is None  # else the caption names the one extractor
+    return [*(factor_label(f) for f in table.factors),
+            *(metric_header(m, table.formats[m].scale, with_extractor=named) for m in table.metrics), "n"]
 
 
 # ---------------------------------------------------------------- formats

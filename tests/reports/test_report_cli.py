@@ -24,7 +24,7 @@ def test_report_prints_the_index_and_the_overall_table(synthetic_store, tmp_path
     assert f"Report index: {folder / 'index.md'}" in result.output
     assert f"HTML index: {folder / 'index.html'}" in result.output
     assert "0 figures, 6 skipped for lack of data" in result.output
-    assert "| c | FID (domain) ↓ | PSNR [dB] ↑ | n |" in result.output
+    assert "| c | FID ↓ | PSNR [dB] ↑ | n |" in result.output
     assert sorted(p.name for p in (folder / "tables").iterdir()) == ["ablation_c.md", "overall.md"]
 
 

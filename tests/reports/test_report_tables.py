@@ -22,6 +22,7 @@ from reports.tables import (
     Table,
     build_tables,
     metric_header,
+    shared_extractor,
     table_metrics,
     to_csv,
     to_latex,
@@ -139,7 +140,7 @@ def test_default_columns_are_fid_and_kid_plus_rate_and_distortion_where_a_first_
     sparse = build_tables(load_study(synthetic_store.SPARSE_STUDY, synthetic_store.tracking_uri))
     assert [t.name for t in sparse] == ["overall", "ablation_c"]
     assert all(t.metrics == ("fid_domain", "psnr") for t in sparse)  # only what the study logged
-    assert markdown_cells(to_markdown(sparse[1]))[0] == ["c", "FID (domain) ↓", "PSNR [dB] ↑", "n"]
+    assert markdown_cells(to_markdown(sparse[1]))[0] == ["c", "FID ↓", "PSNR [dB] ↑", "n"]
 
 
 def test_the_spec_report_metrics_choose_the_columns_and_an_explicit_list_overrides_them(study: StudyRuns) -> None:
@@ -147,7 +148,7 @@ def test_the_spec_report_metrics_choose_the_columns_and_an_explicit_list_overrid
     assert table_metrics(specified) == ("ddim10/fid_domain", "psnr")  # fid_inception was not logged
     assert table_metrics(specified, ["val_loss", "fid_domain"]) == ("val_loss", "fid_domain")
     head, _ = markdown_cells(to_markdown(build_tables(specified)[0]))
-    assert head[2:4] == ["ddim10 FID (domain) ↓", "PSNR [dB] ↑"]
+    assert head[2:4] == ["ddim10 FID ↓", "PSNR [dB] ↑"]
 
 
 @pytest.mark.parametrize("requested, named", [
@@ -174,7 +175,7 @@ def test_markdown_cells_parse_match_numpy_and_bold_the_single_best(synthetic_sto
         for metric in table.metrics:
             info = metric_info(metric)
             j = len(table.factors) + table.metrics.index(metric)
-            assert head[j].startswith(info.label) and head[j].endswith(info.arrow)
+            assert head[j].startswith(info.plain_label + " ") and head[j].endswith(info.arrow)
             cells = column(rows, table, metric)
             parsed = [CELL.match(c) for c in cells]
             withheld = [c == WITHHELD_CELL for c in cells]
@@ -247,10 +248,21 @@ def test_scale_and_decimals_come_from_the_catalog_or_the_spec_and_the_header_sta
     scaled = dataclasses.replace(study, report=ReportSpec(formats={"kid_domain": MetricFormat(decimals=1, scale=1e3)}))
     table = build_tables(scaled, ["kid_domain"])[0]
     head, rows = markdown_cells(to_markdown(table))
-    assert head[2] == "KID (domain) ×10³ ↓"
+    assert head[2] == "KID ×10³ ↓"
     for cell, mean in zip(column(rows, table, "kid_domain"), table.data["kid_domain_mean"]):
         assert CELL.match(cell)["mean"] == f"{mean * 1e3:.1f}"
-    assert r"KID (domain) $\times$10\textsuperscript{3} $\downarrow$" in to_latex(table)
+    assert r"KID $\times$10\textsuperscript{3} $\downarrow$" in to_latex(table)
+
+
+def test_headers_name_the_extractor_unless_the_caption_names_the_one_all_columns_share(study: StudyRuns) -> None:
+    shared = build_tables(study, ["fid_domain", "kid_domain", "psnr"])[0]
+    assert markdown_cells(to_markdown(shared))[0][2:5] == ["FID ↓", "KID ↓", "PSNR [dB] ↑"]
+    assert "Generation metrics on domain features from 500 samples per run" in shared.caption
+    assert shared_extractor(["fid_domain", "rfid_domain", "bpp"]) == "domain"
+    assert shared_extractor(["fid_domain", "fid_inception"]) is None and shared_extractor(["psnr"]) is None
+    assert metric_header("fid_inception") == "FID (inception) ↓"  # as figures label their axes
+    no_features = build_tables(study, ["psnr"])[0]
+    assert "Generation metrics from 500 samples" in no_features.caption
 
 
 def test_a_missing_value_is_a_dash(synthetic_store) -> None:
@@ -280,7 +292,7 @@ def test_latex_is_balanced_booktabs_with_escapes(synthetic_store, tables: dict[s
         assert re.search(r"(?<!\\)[%_#]", text) is None
         caption = re.search(r"\\caption\{(.*)\}\n", tex)[1]
         assert re.search(r"(?<!\\)&", caption) is None
-        assert r"FID (domain) $\downarrow$" in tex and r"Cond. accuracy [\%] $\uparrow$" in tex
+        assert r"FID $\downarrow$" in tex and r"Cond. accuracy [\%] $\uparrow$" in tex
         assert "domain\\_classifier mnist (99\\% acc)" in tex and f"{synthetic_store.NUM_SAMPLES} samples" in tex
         body = latex_body(tex)
         assert len(body) == len(table.data)
