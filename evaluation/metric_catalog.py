@@ -5,8 +5,8 @@ Tag names have their own catalog, `ldm.tracking.Tag` (`ldm/tracking/tags.py`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Literal
+from dataclasses import KW_ONLY, dataclass, replace
+from typing import Any, Literal
 
 Direction = Literal["minimize", "maximize"]
 # What a run must have for the metric to exist: conditions with target labels, or a VQ codebook.
@@ -19,17 +19,37 @@ class MetricInfo:
     direction: Direction
     label: str
     unit: str = ""
+    _: KW_ONLY
     objective: bool = True
     """Whether a sweep may optimise it: not the spread of a number (`_std`) nor an interval's end (`_lo`/`_hi`)."""
     extractor: str | None = None
-    """The feature extractor it is measured with; a run has it only with that extractor in evaluation.extractors."""
+    """The feature extractor it is measured with; a run has it only with that extractor in evaluation.extractors
+    (and its label names it in parentheses)."""
     sampled: bool = False
     """Measured on the generated samples, so each sampling variant (`g<scale>/`, `ddim<K>/`) has it too."""
     requires: Requirement | None = None
+    # How a table shows the value: `value * scale` with `decimals` digits (the header states a scale other than 1).
+    decimals: int = 2
+    scale: float = 1.0
+    # False for costs (parameters, FLOPs, speed, time): a table never marks their best, which is no finding.
+    result: bool = True
+    # The identity first stage (f = 1) logs a value fixed by construction (PSNR's 100 dB cap, the raw 8 bits
+    # per channel, rFID of the images themselves), not a measurement: tables withhold it.
+    fixed_at_identity: bool = False
+
+    @property
+    def plain_label(self) -> str:
+        """The label without its extractor (`FID`), for a table whose caption names its one extractor."""
+        return self.label.removesuffix(f" ({self.extractor})") if self.extractor else self.label
 
     @property
     def arrow(self) -> str:
         return "↓" if self.direction == "minimize" else "↑"
+
+
+# KID is logged raw (torch-fidelity). On Inception features it is about 1e-3 to 1e-1, and papers print it x10^3;
+# the domain classifier's features are larger, so its KID is of order 1 and is shown as logged.
+KID_SCALE = {"inception": 1e3, "domain": 1.0}
 
 
 def _interval(info: MetricInfo) -> list[MetricInfo]:
@@ -39,21 +59,24 @@ def _interval(info: MetricInfo) -> list[MetricInfo]:
 
 
 def _generation(extractor: str) -> list[MetricInfo]:
-    def sampled(name: str, direction: Direction, label: str, objective: bool = True) -> MetricInfo:
-        return MetricInfo(f"{name}_{extractor}", direction, f"{label} ({extractor})", objective=objective,
-                          extractor=extractor, sampled=True)
+    def sampled(name: str, direction: Direction, label: str, **fields: Any) -> MetricInfo:
+        """`name` with `{}` for the extractor; the label names it in parentheses."""
+        return MetricInfo(name.format(extractor), direction, f"{label} ({extractor})", extractor=extractor,
+                          sampled=True, **fields)
 
+    kid_format = {"decimals": 3, "scale": KID_SCALE[extractor]}
     return [
-        *_interval(sampled("fid", "minimize", "FID")),
+        *_interval(sampled("fid_{}", "minimize", "FID")),
         # FID extrapolated to infinitely many samples (Chong & Forsyth 2020): comparable across sample counts.
-        *_interval(sampled("fdinf", "minimize", "FD∞")),
-        *_interval(sampled("kid", "minimize", "KID")),
-        replace(sampled("kid", "minimize", "KID std", objective=False), name=f"kid_{extractor}_std"),
-        *_interval(sampled("precision", "maximize", "Precision")),
-        *_interval(sampled("recall", "maximize", "Recall")),
-        *_interval(sampled("is", "maximize", "IS")),
-        replace(sampled("is", "minimize", "IS std", objective=False), name=f"is_{extractor}_std"),
-        MetricInfo(f"rfid_{extractor}", "minimize", f"rFID ({extractor})", extractor=extractor),
+        *_interval(sampled("fdinf_{}", "minimize", "FD∞")),
+        *_interval(sampled("kid_{}", "minimize", "KID", **kid_format)),
+        sampled("kid_{}_std", "minimize", "KID std", objective=False, **kid_format),
+        *_interval(sampled("precision_{}", "maximize", "Precision", decimals=3)),
+        *_interval(sampled("recall_{}", "maximize", "Recall", decimals=3)),
+        *_interval(sampled("is_{}", "maximize", "IS")),
+        sampled("is_{}_std", "minimize", "IS std", objective=False),
+        MetricInfo(f"rfid_{extractor}", "minimize", f"rFID ({extractor})", extractor=extractor,
+                   fixed_at_identity=True),
     ]
 
 
@@ -62,25 +85,26 @@ CATALOG: dict[str, MetricInfo] = {
     for m in [
         *_generation("inception"),
         *_generation("domain"),
-        MetricInfo("cond_accuracy", "maximize", "Cond. accuracy", "%", sampled=True, requires="labels"),
-        MetricInfo("psnr", "maximize", "PSNR", "dB"),
-        MetricInfo("ssim", "maximize", "SSIM"),
-        MetricInfo("mse", "minimize", "MSE"),
-        MetricInfo("bpp", "minimize", "Bits/pixel", "bit"),
-        MetricInfo("latent_ratio", "minimize", "Latent size ratio"),
-        MetricInfo("perplexity", "maximize", "Codebook perplexity", requires="codebook"),
-        MetricInfo("codebook_usage", "maximize", "Codebook usage", "%", requires="codebook"),
-        MetricInfo("params_first_stage", "minimize", "Params first stage", "M"),
-        MetricInfo("params_unet", "minimize", "Params UNet", "M"),
-        MetricInfo("params_cond", "minimize", "Params cond. encoder", "M"),
-        MetricInfo("unet_gflops", "minimize", "UNet GFLOPs"),
-        MetricInfo("sample_images_per_s", "maximize", "Sampling", "img/s", sampled=True),
-        MetricInfo("train_images_per_s", "maximize", "Training", "img/s"),
+        MetricInfo("cond_accuracy", "maximize", "Cond. accuracy", "%", sampled=True, requires="labels", decimals=1),
+        MetricInfo("psnr", "maximize", "PSNR", "dB", fixed_at_identity=True),
+        MetricInfo("ssim", "maximize", "SSIM", decimals=3, fixed_at_identity=True),
+        MetricInfo("mse", "minimize", "MSE", decimals=2, scale=1e3, fixed_at_identity=True),
+        MetricInfo("bpp", "minimize", "Rate", "bpp", decimals=3, fixed_at_identity=True),
+        MetricInfo("latent_ratio", "minimize", "Latent size ratio", decimals=3, fixed_at_identity=True),
+        MetricInfo("perplexity", "maximize", "Codebook perplexity", requires="codebook", decimals=1),
+        MetricInfo("codebook_usage", "maximize", "Codebook usage", "%", requires="codebook", decimals=1),
+        # Logged in millions (evaluation.cost).
+        MetricInfo("params_first_stage", "minimize", "Params first stage", "M", decimals=3, result=False),
+        MetricInfo("params_unet", "minimize", "Params UNet", "M", decimals=3, result=False),
+        MetricInfo("params_cond", "minimize", "Params cond. encoder", "M", decimals=3, result=False),
+        MetricInfo("unet_gflops", "minimize", "UNet GFLOPs", decimals=3, result=False),
+        MetricInfo("sample_images_per_s", "maximize", "Sampling", "img/s", sampled=True, decimals=1, result=False),
+        MetricInfo("train_images_per_s", "maximize", "Training", "img/s", decimals=1, result=False),
         # Of the evaluation alone, model included: peak CUDA tensor memory, or on a Linux CPU the peak resident
         # set, both reset at its start (evaluation.cost.PeakMemory); absent on a CPU whose peak cannot reset.
-        MetricInfo("peak_memory_mb", "minimize", "Peak memory", "MB"),
-        MetricInfo("train_hours", "minimize", "Training time", "device-h"),
-        MetricInfo("val_loss", "minimize", "Val. loss"),
+        MetricInfo("peak_memory_mb", "minimize", "Peak memory", "MB", decimals=0, result=False),
+        MetricInfo("train_hours", "minimize", "Training time", "device-h", decimals=3, result=False),
+        MetricInfo("val_loss", "minimize", "Val. loss", decimals=4),
     ]
 }
 
@@ -91,3 +115,11 @@ def metric_info(name: str) -> MetricInfo:
     if base not in CATALOG:
         raise KeyError(name)
     return CATALOG[base]
+
+
+def metric_label(name: str, with_extractor: bool = True) -> str:
+    """The catalog label; a sweep variant's prefix goes before it (`ddim10/fid_domain` -> `ddim10 FID (domain)`)."""
+    prefix = name.rpartition("/")[0]
+    info = metric_info(name)
+    label = info.label if with_extractor else info.plain_label
+    return f"{prefix} {label}" if prefix else label

@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from evaluation.metric_catalog import CATALOG, metric_info
+from evaluation.metric_catalog import CATALOG, metric_info, metric_label
 from ldm.io import atomic_write_text
 
 META_KEY = "meta"
@@ -50,12 +50,11 @@ def _sort_key(name: str) -> tuple[str, int, str]:
 
 def _label(name: str) -> tuple[str, str]:
     """Readable label with its better-direction arrow, and the unit; unknown names are shown as they are."""
-    prefix, _, _ = name.rpartition("/")
     try:
         info = metric_info(name)
     except KeyError:
         return name, ""
-    return f"{prefix + ' ' if prefix else ''}{info.label} {info.arrow}", info.unit
+    return f"{metric_label(name)} {info.arrow}", info.unit
 
 
 def _format_value(value: float | None) -> str:

@@ -3,31 +3,35 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import shutil
 import tempfile
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Literal, cast, get_args
 
 from ldm.errors import UserError
 from ldm.io import atomic_write_text
 from reports import index
 from reports.figures import FigureFiles, SkippedFigure, make_figures
 from reports.runs import StudyRuns, TrialState, load_study
-from reports.tables import Table, build_tables, to_csv, to_latex, to_markdown
+from reports.tables import Table, build_tables, table_metrics, to_csv, to_latex, to_markdown
+from sweeps.spec import TableStyle
 
 ReportFormat = Literal["md", "tex", "csv", "html"]
 FORMATS: tuple[ReportFormat, ...] = get_args(ReportFormat)
 REPORT_ARTIFACT_PATH = "report"
 
-# Table files per format; HTML tables live inside index.html.
-TABLE_WRITERS: dict[ReportFormat, Callable[[Table], str]] = {
-    "md": lambda table: f"# {table.title}\n\n{to_markdown(table)}\n",
-    "tex": to_latex,
-    "csv": to_csv,
-}
+
+def table_writers(style: TableStyle) -> dict[ReportFormat, Callable[[Table], str]]:
+    """Table files per format, LaTeX in `style`; HTML tables live inside index.html."""
+    return {
+        "md": lambda table: f"# {table.title}\n\n{to_markdown(table)}\n",
+        "tex": functools.partial(to_latex, style=style),
+        "csv": to_csv,
+    }
 
 
 @dataclass(frozen=True)
@@ -43,9 +47,9 @@ class ReportSummary:
     overall_markdown: str
 
 
-def parse_formats(text: str) -> set[str]:
-    """`"md, tex"` -> {"md", "tex"} (the CLI's --format)."""
-    return {part.strip() for part in text.split(",") if part.strip()}
+def comma_separated(text: str) -> list[str]:
+    """`"md, tex"` -> ["md", "tex"] (the CLI's --format and --metrics)."""
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def check_formats(formats: Collection[str]) -> frozenset[str]:
@@ -58,13 +62,21 @@ def check_formats(formats: Collection[str]) -> frozenset[str]:
     return frozenset(formats)
 
 
-def _write_report(study: StudyRuns, folder: Path, formats: frozenset[str]) -> ReportSummary:
+def check_table_style(style: str | None) -> TableStyle | None:
+    allowed = get_args(TableStyle)
+    if style is not None and style not in allowed:
+        raise UserError(f"unknown table style '{style}'; allowed: {', '.join(allowed)}")
+    return cast(TableStyle | None, style)
+
+
+def _write_report(study: StudyRuns, folder: Path, formats: frozenset[str], metrics: Sequence[str],
+                  style: TableStyle) -> ReportSummary:
     """Write every file of the report under `folder`; index.md always, index.html when asked for."""
-    tables = build_tables(study)
+    tables = build_tables(study, metrics)
     written: list[tuple[Table, list[Path]]] = []
     for table in tables:
         paths = []
-        for fmt, render in TABLE_WRITERS.items():
+        for fmt, render in table_writers(style).items():
             if fmt in formats:
                 paths.append(folder / "tables" / f"{table.name}.{fmt}")
                 atomic_write_text(paths[-1], render(table))
@@ -114,11 +126,16 @@ def _swap_into_place(staging: Path, out: Path) -> None:
     shutil.rmtree(retired)
 
 
-def build_report(study: str, out: Path, formats: Collection[str] = frozenset(FORMATS), *,
-                 tracking_uri: str) -> ReportSummary:
-    """Build the report of `study` into the folder `out` and log it to the study's parent run under `report/`."""
+def build_report(study: str, out: Path, formats: Collection[str] = frozenset(FORMATS), *, tracking_uri: str,
+                 metrics: Sequence[str] | None = None, table_style: str | None = None) -> ReportSummary:
+    """Build the report of `study` into the folder `out` and log it to the study's parent run under `report/`.
+
+    `metrics` (table columns) and `table_style` override the spec's `report:` section (`reports.tables`).
+    """
     chosen = check_formats(formats)
+    style = check_table_style(table_style)
     runs = load_study(study, tracking_uri)
+    columns = table_metrics(runs, metrics)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"report folder '{out}' is a file; give a folder path")
@@ -126,7 +143,7 @@ def build_report(study: str, out: Path, formats: Collection[str] = frozenset(FOR
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.building-"))
     staging.chmod(0o755)  # mkdtemp makes it private; a report is meant to be read by others
     try:
-        summary = _write_report(runs, staging, chosen)
+        summary = _write_report(runs, staging, chosen, columns, style or runs.report.table_style)
         _swap_into_place(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -15,20 +15,28 @@ def report(
     study: Annotated[str, typer.Argument(help="Study name (its MLflow experiment).")],
     out: Annotated[Path | None, typer.Option(help="Report folder; default <workdir>/reports/<study>.")] = None,
     format: Annotated[str, typer.Option("--format", help="Comma-separated: md, tex, csv, html.")] = "md,tex,csv,html",
+    metrics: Annotated[str | None, typer.Option(
+        "--metrics", help="Comma-separated table columns (metric names the study logged); default: the spec's "
+        "report.metrics, else the objectives and a short set for the factors swept.")] = None,
+    table_style: Annotated[str | None, typer.Option(
+        "--table-style", help="LaTeX tables: plain, resized (shrunk to the line width; graphicx) or landscape "
+        "(sidewaystable; rotating); default: the spec's report.table_style, else plain.")] = None,
     tracking_uri: Annotated[
         str | None, typer.Option(help="MLflow tracking URI; default the sqlite store under <workdir>/mlflow.")
     ] = None,
 ) -> None:
     """Paper-style tables, figures and an index (Markdown and HTML) from a study's MLflow runs."""
     from ldm.tracking.runs import resolve_tracking_uri
-    from reports.build import build_report, parse_formats
+    from reports.build import build_report, comma_separated
 
     workdir = resolve_workdir()
     summary = build_report(
         study,
         out or workdir / "reports" / study,
-        parse_formats(format),
+        set(comma_separated(format)),
         tracking_uri=resolve_tracking_uri(workdir, tracking_uri),
+        metrics=comma_separated(metrics) if metrics is not None else None,
+        table_style=table_style,
     )
     typer.echo(f"Report index: {summary.index}")
     if summary.html_index is not None:

@@ -22,8 +22,9 @@ from evaluation.metric_catalog import CATALOG
 from ldm.config import ExperimentConfig
 from ldm.errors import UserError
 from ldm.tracking import Role, Tag, TrialOutcome, flatten
-from reports.design import SEED_PARAM, spec_design
+from reports.design import SEED_PARAM, StudyDesign, spec_design
 from sweeps.runs import SPEC_ARTIFACT, SWEPT_PARAM_PREFIX
+from sweeps.spec import ReportSpec
 
 MISSING_VALUE = "n/a"
 
@@ -40,6 +41,8 @@ STATE_OF_STATUS: dict[str, TrialState] = {
     "FINISHED": "finished", "FAILED": "failed", "KILLED": "killed", "RUNNING": "running", "SCHEDULED": "running",
 }
 DUPLICATE_OF = "duplicate_of"  # column of `StudyRuns.trials`: the trial number a duplicate repeats
+# `autoencoder.f` of the identity first stage (`ldm.first_stage.build_first_stage`), as MLflow logs the param.
+IDENTITY_F = "1"
 
 # Readable row labels for the factors of the LDM ablations, in the order tables list them.
 FACTOR_LABELS: dict[str, str] = {
@@ -123,6 +126,7 @@ class StudyRuns:
 
     `factors` and their `levels` come from the parent run's spec when it logged one (`reports.design`),
     otherwise from the params that vary across finished trials; `grid_seeds` only for a grid study.
+    `objectives` and `report` (the spec's `report:` section) are empty and the defaults without a spec.
     """
 
     name: str
@@ -132,6 +136,8 @@ class StudyRuns:
     levels: dict[str, tuple[str, ...]]
     spec_yaml: str | None
     grid_seeds: tuple[str, ...] | None
+    objectives: tuple[str, ...]
+    report: ReportSpec
     client: MlflowClient = field(repr=False)
 
     @functools.cached_property
@@ -165,6 +171,10 @@ class StudyRuns:
     def metric(self, name: str) -> pd.Series:
         """The final value of a metric per finished trial (NaN where a trial did not log it)."""
         return pd.to_numeric(column_or_missing(self.finished, metric_column(name)), errors="coerce")
+
+    def identity_first_stage(self) -> pd.Series:
+        """Per finished trial, whether it ran on the identity first stage (f = 1), by its logged config."""
+        return column_or_missing(self.finished, param_column("autoencoder.f")) == IDENTITY_F
 
     def tag_values(self, tag: str) -> list[str]:
         """Distinct values of a tag over the parent and all trials, in first-seen order."""
@@ -302,4 +312,6 @@ def load_study(study: str, tracking_uri: str) -> StudyRuns:
     observed_in = trials if specified is not None else trials[trials["state"] == "finished"]
     levels = {f: tuple(ordered_values((specified or {}).get(f) or observed_in[param_column(f)])) for f in factors}
     trials = mark_duplicates(trials, factors).reset_index(drop=True)
-    return StudyRuns(study, parent, trials, factors, levels, spec_yaml, design.grid_seeds if design else None, client)
+    logged = design or StudyDesign({}, None)  # without a spec: no seeds, objectives or report settings
+    return StudyRuns(study, parent, trials, factors, levels, spec_yaml, logged.grid_seeds,
+                     objectives=logged.objectives, report=logged.report, client=client)

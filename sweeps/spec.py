@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, get_args
 import optuna
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from evaluation.metric_catalog import CATALOG, Direction, metric_info
+from evaluation.metric_catalog import CATALOG, Direction, MetricInfo, metric_info
 from ldm.config import (
     AutoencoderConfig,
     ExperimentConfig,
@@ -29,6 +29,8 @@ from ldm.errors import ConfigError, UserError
 from ldm.user_yaml import load_yaml_mapping
 
 SamplerName = Literal["grid", "tpe", "nsga2", "random"]
+# How `ldm report` sets a LaTeX table: as it is, shrunk to the line width, or turned on a page of its own.
+TableStyle = Literal["plain", "resized", "landscape"]
 PrunerName = Literal["none", "median", "hyperband"]
 SPEC_SUFFIX = ".yaml"
 # Found beside this module: importlib.resources cannot list a package that an editable install maps as a
@@ -141,18 +143,22 @@ class BaseSpec(_SpecModel):
         return load_config(self.config, self.preset, parse_overrides(self.overrides))
 
 
+def catalog_metric(name: str) -> MetricInfo:
+    """The catalog entry of a metric name; ValueError (for pydantic to report) listing the names allowed."""
+    try:
+        return metric_info(name)
+    except KeyError:
+        raise ValueError(f"unknown metric '{name}'; allowed: {', '.join(CATALOG)} "
+                         "(also as g<scale>/<metric> or ddim<K>/<metric>)") from None
+
+
 class Objective(_SpecModel):
     metric: str
     direction: Direction | None = Field(None, description="default: the metric catalog's direction")
 
     @model_validator(mode="after")
     def _known_metric(self) -> Objective:
-        try:
-            info = metric_info(self.metric)
-        except KeyError:
-            raise ValueError(
-                f"unknown metric '{self.metric}'; allowed: {', '.join(CATALOG)} "
-                "(also as g<scale>/<metric> or ddim<K>/<metric>)") from None
+        info = catalog_metric(self.metric)
         if not info.objective:
             raise ValueError(f"metric '{self.metric}' describes another metric's spread or interval and cannot be "
                              f"an objective; allowed: {', '.join(m.name for m in CATALOG.values() if m.objective)}")
@@ -162,6 +168,43 @@ class Objective(_SpecModel):
             raise ValueError(f"metric '{self.metric}' can only be {info.direction}d, "
                              f"not {self.direction}d")
         return self
+
+
+class MetricFormat(_SpecModel):
+    """How tables show one metric, over the catalog's own format: `value * scale` with `decimals` digits."""
+
+    decimals: int | None = Field(None, ge=0, le=6)
+    scale: float | None = Field(None, gt=0)
+
+
+class ReportSpec(_SpecModel):
+    """What `ldm report` puts in the study's tables; its `--metrics` and `--table-style` override them."""
+
+    metrics: list[str] | None = Field(
+        None, min_length=1, description="table columns (catalog names); default: the objectives and a short "
+        "set for the factors swept")
+    baseline: dict[str, Any] = Field(
+        default_factory=dict, description="the comparison baseline: swept field -> its level (e.g. "
+        "autoencoder.f: 4); stored with the spec for the statistics that compare against it")
+    formats: dict[str, MetricFormat] = Field(default_factory=dict, description="catalog metric -> decimals, scale")
+    table_style: TableStyle = "plain"
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, metrics: list[str] | None) -> list[str] | None:
+        for name in metrics or []:
+            catalog_metric(name)
+        if metrics is not None and len(set(metrics)) < len(metrics):
+            raise ValueError(f"metrics={metrics} repeat a name; each column must be distinct")
+        return metrics
+
+    @field_validator("formats")
+    @classmethod
+    def _catalog_names(cls, formats: dict[str, MetricFormat]) -> dict[str, MetricFormat]:
+        for name in formats:
+            if name not in CATALOG:  # a variant (ddim<K>/...) is shown as its base metric
+                raise ValueError(f"unknown metric '{name}'; allowed: {', '.join(CATALOG)}")
+        return formats
 
 
 @dataclass(frozen=True)
@@ -192,6 +235,7 @@ class SweepSpec(_SpecModel):
     gpus_per_trial: int = Field(
         1, ge=1, description="ranks per trial: above 1 each trial runs under torchrun on that many GPUs of its "
         "worker's own (CPU processes where there are no GPUs)")
+    report: ReportSpec = Field(default_factory=ReportSpec)
 
     @field_validator("seeds")
     @classmethod
@@ -204,7 +248,8 @@ class SweepSpec(_SpecModel):
     def _consistent(self) -> SweepSpec:
         if self.sampler is None:
             self.sampler = "nsga2" if len(self.objectives) > 1 else "tpe"
-        errors = _collected([self._check_heartbeat, self._check_search, self._check_pruning, self._check_configs])
+        errors = _collected([self._check_heartbeat, self._check_search, self._check_pruning, self._check_baseline,
+                             self._check_configs])
         if errors:
             raise ValueError("; ".join(errors))  # every error at once, so one edit fixes the spec
         return self
@@ -239,6 +284,21 @@ class SweepSpec(_SpecModel):
         if self.objectives[0].direction != "minimize":
             raise ValueError(f"pruner '{self.pruner}' prunes on {self.prune_on} (lower is better), so the "
                              f"objective must be minimized; '{self.objectives[0].metric}' is maximized")
+
+    def _check_baseline(self) -> None:
+        swept = {path: param for path, param in self.space.items() if param.varies()}
+        for path, level in self.report.baseline.items():
+            if path not in swept:
+                raise ValueError(f"report.baseline: '{path}' is not a swept field; allowed: "
+                                 f"{', '.join(swept) or 'none (the space varies nothing)'}")
+            param = swept[path]
+            if isinstance(param, CategoricalParam):
+                if level not in param.choices:
+                    raise ValueError(f"report.baseline.{path}={level!r} is not one of its levels; allowed: "
+                                     f"{', '.join(map(repr, param.choices))}")
+            elif not isinstance(level, (int, float)) or not param.low <= level <= param.high:
+                raise ValueError(f"report.baseline.{path}={level!r} is outside its range; allowed: a number in "
+                                 f"[{param.low}, {param.high}]")
 
     def _check_configs(self) -> None:
         base = _as_value_error("", self.base.load)

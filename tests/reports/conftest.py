@@ -8,6 +8,7 @@ every figure lacks data. Study FAILED: a 2-factor grid (f x c) in which every tr
 its spec alone. Study EMPTY: a parent run without trials. Study COVERAGE (`write_coverage_study`, also
 written into a real `mlflow server`): a grid f in {1, 4, 8} x seeds {0, 1} with a duplicate, a trial whose
 worker died, an interrupted one, a KILLED one from before the outcome tag, and two missing points.
+Study TINY-REAL (`tiny_real_study`) is no fake: a real sweep of f in {1, 2} on the micro preset.
 Tests reach the constants through the fixture object (tests run with --import-mode=importlib, which
 makes a helper module unimportable by name).
 """
@@ -32,6 +33,8 @@ from PIL import Image
 from ldm.config import Override, build_config, parse_overrides
 from ldm.tracking import flatten
 from reports.build import ReportSummary, build_report
+from sweeps.spec import parse_spec
+from sweeps.workers import StudySummary, run_sweep
 
 
 @dataclass(frozen=True)
@@ -220,7 +223,7 @@ class CoverageStudy:
 
     SPEC_YAML: ClassVar[str] = (
         "name: toy-coverage\nsampler: grid\nspace:\n  autoencoder.f: {type: categorical, choices: [1, 4, 8]}\n"
-        "seeds: [0, 1]\n")
+        "seeds: [0, 1]\nreport: {table_style: resized, formats: {fid_domain: {decimals: 1}}}\n")
     WORKER_DIED_REASON: ClassVar[str] = "worker host-b:4711 stopped heart-beating; trial queued again"
     INTERRUPTED_REASON: ClassVar[str] = "interrupted"
     # trial number: (f, seed, how it ended, final fid_domain or None, end time in s after the start)
@@ -304,3 +307,29 @@ def coverage_report(synthetic_store: SyntheticStore, tmp_path_factory: pytest.Te
 @pytest.fixture(scope="session")
 def sparse_report(synthetic_store: SyntheticStore, tmp_path_factory: pytest.TempPathFactory) -> ReportSummary:
     return _report(S.SPARSE_STUDY, synthetic_store, tmp_path_factory)
+
+
+@dataclass(frozen=True)
+class TinyRealStudy:
+    NAME: ClassVar[str] = "tiny-real"
+    # The micro preset with fewer samples, one extra DDIM step count (the FID-vs-throughput figure) and an
+    # intermediate FID at step 2 (the FID-vs-step figure).
+    MICRO: ClassVar[tuple[str, ...]] = (
+        "evaluation.num_samples=16", "evaluation.kid_subset_size=8", "evaluation.ddim_steps=[1]",
+        "evaluation.fid_every=2", "evaluation.fid_every_samples=10")
+
+    sweep: StudySummary
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.sweep.tracking_uri
+
+
+@pytest.fixture(scope="session")
+def tiny_real_study(tmp_path_factory: pytest.TempPathFactory) -> TinyRealStudy:
+    """Two configurations trained and evaluated for real (about 20 s), once per session."""
+    workdir = tmp_path_factory.mktemp("tiny-real")
+    spec = parse_spec({"name": TinyRealStudy.NAME, "base": {"preset": "micro", "overrides": list(TinyRealStudy.MICRO)},
+                       "sampler": "grid", "objectives": [{"metric": "fid_domain"}],
+                       "space": {"autoencoder.f": {"type": "categorical", "choices": [1, 2]}}})
+    return TinyRealStudy(run_sweep(spec, workdir, log=print))

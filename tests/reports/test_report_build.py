@@ -188,3 +188,13 @@ def test_a_duplicate_is_not_a_seed_replicate(synthetic_store, coverage_report) -
     assert overall.loc[4, "fid_domain_mean"] == fids[3]  # the earliest finished of the two, not their mean
     assert pd.isna(overall.loc[4, "fid_domain_std"])
     assert overall.loc[1, "fid_domain_mean"] == (fids[0] + fids[1]) / 2
+
+
+def test_the_spec_report_section_styles_the_tables_and_the_table_style_option_overrides_it(
+        synthetic_store, coverage_report, tmp_path) -> None:
+    tex = (coverage_report.folder / "tables" / "overall.tex").read_text()
+    assert "\\resizebox" in tex and "\\usepackage{booktabs,graphicx}" in tex  # report: {table_style: resized}
+    assert "4 & \\textbf{20.0} & 1" in tex  # report: {formats: {fid_domain: {decimals: 1}}}
+    plain = build_report(synthetic_store.coverage.name, tmp_path / "r", {"tex"}, table_style="plain",
+                         tracking_uri=synthetic_store.tracking_uri)
+    assert "\\resizebox" not in (plain.folder / "tables" / "overall.tex").read_text()

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from ldm.config import load_config, parse_overrides
-from sweeps.spec import SpecError, TrialPoint, load_spec, parse_spec, shipped_spec_names
+from sweeps.spec import MetricFormat, ReportSpec, SpecError, TrialPoint, load_spec, parse_spec, shipped_spec_names
 
 BASE = {"name": "s", "base": {"preset": "tiny"}, "objectives": [{"metric": "fid_domain"}], "sampler": "grid",
         "space": {"autoencoder.f": {"type": "categorical", "choices": [1, 2]}}}
@@ -72,11 +72,33 @@ def spec_with(**changes):
      "space.training.autoencoder.steps cannot be swept while autoencoder.f can be 1"),
     ({"base": {"preset": "huge"}}, "unknown preset 'huge'; allowed: micro, mnist, paper-f4, shapes, tiny"),
     ({"name": "a/b"}, "name='a/b': String should match pattern"),
+    ({"report": {"metrics": ["fid_domian"]}}, "report.metrics=['fid_domian']: unknown metric 'fid_domian'; "
+     "allowed: fid_inception"),
+    ({"report": {"metrics": ["psnr", "psnr"]}}, "metrics=['psnr', 'psnr'] repeat a name"),
+    ({"report": {"formats": {"kid": {"scale": 1000}}}}, "unknown metric 'kid'; allowed: fid_inception"),
+    ({"report": {"formats": {"kid_domain": {"scale": 0}}}}, "report.formats.kid_domain.scale=0"),
+    ({"report": {"table_style": "wide"}},
+     "report.table_style='wide' is not allowed; allowed: 'plain', 'resized' or 'landscape'"),
+    ({"report": {"baseline": {"diffusion.schedule": "cosine"}}},
+     "report.baseline: 'diffusion.schedule' is not a swept field; allowed: autoencoder.f"),
+    ({"report": {"baseline": {"autoencoder.f": 4}}},
+     "report.baseline.autoencoder.f=4 is not one of its levels; allowed: 1, 2"),
+    ({"sampler": "random", "n_trials": 2, "report": {"baseline": {"training.diffusion.lr": 1.0}},
+      "space": {"training.diffusion.lr": {"type": "float", "low": 1e-5, "high": 1e-3}}},
+     "report.baseline.training.diffusion.lr=1.0 is outside its range; allowed: a number in [1e-05, 0.001]"),
 ])
 def test_invalid_spec_is_rejected_with_its_reason(changes, message):
     with pytest.raises(SpecError) as e:
         spec_with(**changes)
     assert message in str(e.value)
+
+
+def test_the_report_section_defaults_and_keeps_what_it_is_given():
+    assert spec_with().report == ReportSpec()
+    report = spec_with(report={"metrics": ["fid_domain", "ddim10/fid_domain"], "baseline": {"autoencoder.f": 2},
+                               "formats": {"kid_domain": {"scale": 1000}}, "table_style": "landscape"}).report
+    assert report.metrics == ["fid_domain", "ddim10/fid_domain"] and report.baseline == {"autoencoder.f": 2}
+    assert report.formats["kid_domain"] == MetricFormat(scale=1000) and report.table_style == "landscape"
 
 
 def test_a_missing_field_is_named_without_quoting_the_whole_spec():
