@@ -9,12 +9,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import get_args
 
+import numpy as np
 import pandas as pd
 
-from evaluation.metric_catalog import MetricInfo, metric_info, metric_label
+from evaluation.metric_catalog import metric_info, metric_label
 from ldm.config import ExtractorName
 from ldm.errors import UserError
 from ldm.tracking import Tag
+from reports.balance import design_note, layout
+from reports.rows import Mark, RunNumbers, arm, cell, column_marks, row_labels
 from reports.runs import (
     StudyRuns,
     catalog_base,
@@ -33,10 +36,11 @@ FIRST_STAGE_PREFIX = "autoencoder."
 FIRST_STAGE_METRICS = ("psnr", "bpp")
 CONDITIONING_FACTORS = frozenset({"diffusion.conditioning", "diffusion.sampling.guidance_scale"})
 EMPTY_CELL = "–"  # no finished run of the row logged the metric
+ONE_RUN_MARK = "†"  # the interval of a row of one run: its bootstrap over samples
+TIE_MARK = "≈"  # not significantly worse than the column's best
 WITHHELD_CELL = "—"  # only identity-first-stage runs, whose value is fixed by construction
 IDENTITY_NOTE = ("— identity first stage (f = 1): no reconstruction loss; its values of {metrics} are fixed by "
                  "construction, not results, and enter no mean and no best.")
-_IDENTITY = "identity_first_stage"  # aggregated beside the metrics: its row mean is 1 where every run is f = 1
 
 
 @dataclass(frozen=True)
@@ -61,9 +65,12 @@ def number_format(metric: str, overrides: Mapping[str, MetricFormat]) -> NumberF
 
 @dataclass(frozen=True)
 class Table:
-    """`data` holds one row per table row: factor columns (param names), `<metric>_mean`, `<metric>_std`, `n`.
+    """`data` holds one row per table row: factor columns (param names), `<metric>_mean`, `<metric>_std` (over the
+    row's units), `<metric>_ci95` (the half-width of its 95% interval) and `<metric>_interval` (`t` over seeds,
+    `bootstrap` over one run's samples, or empty), and `n` (the row's units, seeds).
 
-    `identity_rows` marks the rows all of whose runs had the identity first stage; `notes` go under the table.
+    `identity_rows` marks the rows all of whose runs had the identity first stage; `marks` per metric and row:
+    `best` (bold), `tie` (not told apart from the best) or empty; `notes` go under the table.
     """
 
     name: str
@@ -74,6 +81,7 @@ class Table:
     data: pd.DataFrame
     formats: Mapping[str, NumberFormat]
     identity_rows: pd.Series
+    marks: Mapping[str, Sequence[Mark]]
     notes: tuple[str, ...]
 
 
@@ -114,14 +122,16 @@ def shared_extractor(metrics: Sequence[str]) -> str | None:
 
 
 def evaluation_note(study: StudyRuns, metrics: Sequence[str]) -> str:
-    """Where the numbers come from: seeds per row, sample count and feature extractor of the generation metrics."""
+    """Where the numbers come from: what a cell is, the marks, sample count and feature extractor."""
     samples = ", ".join(study.tag_values(Tag.NUM_SAMPLES)) or "an unrecorded number of"
     weights = ", ".join(study.tag_values(Tag.EXTRACTOR_WEIGHTS)) or "not recorded"
     extractor = shared_extractor(metrics)
     features = f" on {extractor} features" if extractor else ""
-    return (f"Mean ± std (sample std) over the n finished runs of each row; in bold the best mean of each result "
-            f"column, none on a tie. Generation metrics{features} from {samples} samples per run; feature "
-            f"extractor: {weights}.")
+    return (f"Mean ± the half-width of its 95% interval: a t-interval over the row's n seeds, or for a row of one "
+            f"run (†) half its bootstrap interval over samples. Bold: a row significantly better than every other "
+            f"(paired bootstrap of the differences, Holm-corrected over the column, p < 0.05); ≈: the best mean and "
+            f"the rows it is not significantly better than, where no row is bold. Generation metrics{features} "
+            f"from {samples} samples per run; feature extractor: {weights}.")
 
 
 def default_metrics(study: StudyRuns) -> tuple[str, ...]:
@@ -168,24 +178,39 @@ def build_tables(study: StudyRuns, metrics: Sequence[str] | None = None) -> list
     construction are left out of the means: a row of only f = 1 runs shows them as withheld.
     """
     columns = table_metrics(study) if metrics is None else tuple(metrics)
-    identity = study.identity_first_stage()
-    fixed = [m for m in columns if metric_info(m).fixed_at_identity]
-    finished = study.finished.assign(**{metric_column(m): study.metric(m).mask(identity) for m in fixed},
-                                     **{metric_column(_IDENTITY): identity.astype(float)})
+    identity = dict(zip(study.finished["run_id"], study.identity_first_stage()))
     formats = {m: number_format(m, study.report.formats) for m in columns}
     notes = identity_note(study, columns)
     caption_note = evaluation_note(study, columns)
+    numbers = RunNumbers(study)
+    design = design_note(study.factors, study.levels,
+                         aggregate(study.finished, study.factors, ()), study.grid_seeds)
 
-    def table(name: str, title: str, caption: str, factors: tuple[str, ...]) -> Table:
-        data = aggregate(finished, factors, [*columns, _IDENTITY])
-        identity_rows = data.pop(f"{_IDENTITY}_mean") == 1
-        return Table(name, title, f"{caption} {caption_note}", factors, columns,
-                     data.drop(columns=f"{_IDENTITY}_std"), formats, identity_rows, notes)
+    def table(name: str, title: str, caption: str, row_factors: tuple[str, ...]) -> Table:
+        rows = layout(study.finished, study.factors, row_factors)
+        labels = row_labels(rows)
+        data = pd.DataFrame({f: [row.key[i] for row in rows.rows] for i, f in enumerate(row_factors)})
+        marks: dict[str, list[Mark]] = {}
+        for m in columns:
+            masked = identity if metric_info(m).fixed_at_identity else {}
+            arms = {i: a for i, row in enumerate(rows.rows) if (a := arm(row, m, numbers, masked)) is not None}
+            cells = [cell(arms.get(i), row, m, numbers) for i, row in enumerate(rows.rows)]
+            data[f"{m}_mean"] = [c.mean for c in cells]
+            data[f"{m}_std"] = [float(np.std(arms[i].values, ddof=1)) if i in arms and len(arms[i].values) > 1
+                                else np.nan for i in range(len(rows.rows))]
+            data[f"{m}_ci95"] = [np.nan if c.half_width is None else c.half_width for c in cells]
+            data[f"{m}_interval"] = [c.interval for c in cells]
+            marks[m] = column_marks(arms, m, labels, len(rows.rows))
+        data["n"] = [len(row.seeds) for row in rows.rows]
+        identity_rows = pd.Series([bool(runs) and all(identity.get(r, False) for r in runs)
+                                   for runs in ([r for unit in row.runs for r in unit] for row in rows.rows)])
+        return Table(name, title, f"{caption} {design} {rows.note()}. {caption_note}", row_factors, columns,
+                     data, formats, identity_rows, marks, notes)
 
     overall = table("overall", "All configurations", f"Study {study.name}: all configurations.", study.factors)
     ablations = [
         table(f"ablation_{re.sub(r'[^A-Za-z0-9]+', '_', factor_label(f))}", f"Ablation over {factor_label(f)}",
-              f"Study {study.name}: ablation over {factor_label(f)}, each row pooling the other factors.", (f,))
+              f"Study {study.name}: ablation over {factor_label(f)}.", (f,))
         for f in study.factors
     ]
     return [overall, *ablations]
@@ -211,34 +236,25 @@ def metric_header(name: str, scale: float = 1.0, with_extractor: bool = True) ->
     return f"{metric_label(name, with_extractor)}{scale_text(scale)}{unit} {info.arrow}"
 
 
-def best_cells(means: Sequence[str | None], info: MetricInfo) -> list[bool]:
-    """The one cell holding its column's best displayed mean; none in a column that is no result, with fewer than
-    two values, or whose best is shared (a tie is no finding)."""
-    values = [float(m) for m in means if m is not None]
-    if not info.result or len(values) < 2:
-        return [False] * len(means)
-    best = min(values) if info.direction == "minimize" else max(values)
-    if values.count(best) > 1:
-        return [False] * len(means)
-    return [m is not None and float(m) == best for m in means]
-
-
-def _cell(mean: str | None, std: float, withheld: bool, fmt: NumberFormat) -> str:
+def _cell(mean: str | None, half_width: float, interval: str, withheld: bool, fmt: NumberFormat) -> str:
     if mean is None:
         return WITHHELD_CELL if withheld else EMPTY_CELL
-    return mean if pd.isna(std) else f"{mean} ± {fmt.text(std)}"
+    if pd.isna(half_width):
+        return mean
+    return f"{mean} ± {fmt.text(half_width)}{ONE_RUN_MARK if interval == 'bootstrap' else ''}"
 
 
 def plain_rows(table: Table) -> list[list[tuple[str, bool]]]:
-    """Cell text and whether the cell is its column's best, row by row, in `headers` order."""
+    """Cell text and whether the cell is bold (significantly its column's best), row by row, in `headers` order."""
     data = table.data
     columns: list[list[tuple[str, bool]]] = [[(str(v), False) for v in data[f]] for f in table.factors]
     for m in table.metrics:
         fmt, info = table.formats[m], metric_info(m)
         means = [None if pd.isna(v) else fmt.text(v) for v in data[f"{m}_mean"]]
         withheld = table.identity_rows & info.fixed_at_identity
-        columns.append([(_cell(mean, std, w, fmt), best) for mean, std, w, best
-                        in zip(means, data[f"{m}_std"], withheld, best_cells(means, info))])
+        columns.append([(_cell(mean, half, kind, w, fmt) + (f" {TIE_MARK}" if mark == "tie" else ""), mark == "best")
+                        for mean, half, kind, w, mark in zip(means, data[f"{m}_ci95"], data[f"{m}_interval"],
+                                                             withheld, table.marks[m])])
     columns.append([(str(n), False) for n in data["n"]])
     return [list(row) for row in zip(*columns)]
 
@@ -263,7 +279,8 @@ class Markup:
 _LATEX_SPECIALS = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
     "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "↓": r"$\downarrow$", "↑": r"$\uparrow$",
-    "×": r"$\times$", EMPTY_CELL: "--", WITHHELD_CELL: "---",
+    "×": r"$\times$", EMPTY_CELL: "--", WITHHELD_CELL: "---", ONE_RUN_MARK: r"\textsuperscript{\dag}",
+    TIE_MARK: r"$\approx$",
     **{sup: rf"\textsuperscript{{{digit}}}" for digit, sup in zip("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")}, "⁻": r"$^{-}$",
 }
 
@@ -361,5 +378,5 @@ def to_latex(table: Table, style: TableStyle = "plain") -> str:
 
 
 def to_csv(table: Table) -> str:
-    """Plain numbers: factor columns by their short name, `<metric>_mean`, `<metric>_std`, `n`."""
+    """Plain numbers: factor columns by their short name, `<metric>_mean`, `_std`, `_ci95`, `_interval`, `n`."""
     return table.data.rename(columns={f: factor_label(f) for f in table.factors}).to_csv(index=False)
