@@ -26,6 +26,7 @@ class MetricInfo:
     sampled: bool = False
     """Measured on the generated samples, so each sampling variant (`g<scale>/`, `ddim<K>/`) has it too."""
     requires: Requirement | None = None
+    """What else a run needs to have it (`sweeps.objective.unproduced` checks objectives against it)."""
 
     @property
     def arrow(self) -> str:
