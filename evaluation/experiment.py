@@ -48,7 +48,7 @@ def sample_metrics(pipeline: LatentDiffusionPipeline, conditions: EvaluationCond
         writer = (stack.enter_context(samples_npz(npz, evaluation.num_samples, pipeline.config.data.resolution, ranks))
                   if npz is not None else None)
         for batch in sample_batches(pipeline, conditions.inputs, evaluation.num_samples, sampling, evaluation.seed,
-                                    evaluation.batch_size, ranks, stopwatch):
+                                    evaluation.batch_size, ranks, stopwatch, evaluation.sobol_noise):
             stream.add(batch)
             if accuracy is not None:
                 accuracy.add(batch)

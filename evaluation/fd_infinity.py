@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import numpy as np
 from scipy.stats import t
 
@@ -45,6 +47,11 @@ def subset_sizes(n: int) -> np.ndarray:
 def trustworthy(n: int, dim: int) -> bool:
     """Whether the smallest subset of n samples has at least MIN_SUBSET_PER_DIMENSION rows per feature dimension."""
     return subset_sizes(n)[0] >= MIN_SUBSET_PER_DIMENSION * dim
+
+
+def samples_needed(dim: int) -> int:
+    """The fewest samples that are `trustworthy` for `dim` feature dimensions."""
+    return math.ceil(MIN_SUBSET_PER_DIMENSION * dim / MIN_FRACTION)
 
 
 def fd_infinity(rows: FrechetRows, order: np.ndarray) -> float:

@@ -1,6 +1,6 @@
 """FD-infinity and the 95% bootstrap intervals of one extractor's generation metrics, with their replicates.
 
-Names (all in the metric catalog): `fdinf_<e>` with `fdinf_<e>_lo`/`_hi` (a normal interval, `fd_infinity.py`),
+Names (all in the metric catalog): `fdinf_<e>` with `fdinf_<e>_lo`/`_hi` (a +- t * sd over resamples, `fd_infinity.py`),
 and `<metric>_lo`/`_hi` for fid, kid, precision, recall and is (bias-corrected percentile intervals
 over `evaluation.bootstrap_replicates` resamples of the generated samples, the reference fixed, `bootstrap.py`).
 The replicates themselves go to the run artifact `evaluation/bootstrap.json` ({metric: [B floats]}), where
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+
 import numpy as np
 from torch import Tensor
 
@@ -22,7 +23,7 @@ from evaluation.bootstrap import (
     resample_indices,
     seeded_rng,
 )
-from evaluation.fd_infinity import MIN_SUBSET_PER_DIMENSION, fd_infinity_interval, subset_sizes, trustworthy
+from evaluation.fd_infinity import fd_infinity_interval, samples_needed, subset_sizes, trustworthy
 from evaluation.features import ISC_SPLITS, FidelityMetric, LoadedExtractor, ReferenceFeatures, metric_kwargs
 from evaluation.frechet import FrechetReference, FrechetRows
 
@@ -58,11 +59,11 @@ def interval_scores(generated: dict[str, Tensor], reference: ReferenceFeatures, 
                            f"fdinf_{name}_hi": estimate.hi})
         if replicates:
             out.replicates[f"fdinf_{name}"] = estimate.replicates.tolist()
-        if not trustworthy(n, features.shape[1]):
-            out.notes.append(f"fdinf_{name} extrapolates from subsets of {subset_sizes(n)[0]} samples, under "
-                             f"{MIN_SUBSET_PER_DIMENSION}x the {features.shape[1]} feature dimensions: it may over- "
-                             f"or under-correct (trustworthy from {5 * MIN_SUBSET_PER_DIMENSION * features.shape[1]} "
-                             "samples)")
+        dim = features.shape[1]
+        if not trustworthy(n, dim):
+            out.notes.append(f"fdinf_{name} extrapolates from subsets of {subset_sizes(n)[0]} samples, too few for "
+                             f"{dim} feature dimensions: it may over- or under-correct (trustworthy from "
+                             f"{samples_needed(dim)} samples)")
     if not replicates:
         return out
     largest = max(n, len(reference.features) if reference.features is not None else 0)

@@ -28,6 +28,7 @@ class MetricInfo:
     sampled: bool = False
     """Measured on the generated samples, so each sampling variant (`g<scale>/`, `ddim<K>/`) has it too."""
     requires: Requirement | None = None
+    """What else a run needs to have it (`sweeps.objective.unproduced` checks objectives against it)."""
     # How a table shows the value: `value * scale` with `decimals` digits (the header states a scale other than 1).
     decimals: int = 2
     scale: float = 1.0

@@ -36,7 +36,8 @@ def evaluation_protocol(cfg: ExperimentConfig, extractors: Sequence[FidelityExtr
                       "stats_file": None if evaluation.reference_stats is None else str(evaluation.reference_stats)},
         # Sample i's initial noise and its label or prompt come from (evaluation.seed, batch), drawn as the
         # conditioning type draws them from the reference split.
-        "conditions": {"conditioning": cfg.diffusion.conditioning, "seed": evaluation.seed},
+        "conditions": {"conditioning": cfg.diffusion.conditioning, "seed": evaluation.seed,
+                       "sobol_noise": evaluation.sobol_noise},
         "sampling": cfg.diffusion.sampling.model_dump(mode="json"),
         "metrics": {"kid_subset_size": evaluation.kid_subset_size,
                     "bootstrap_replicates": evaluation.bootstrap_replicates},

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from evaluation.extractors import to_uint8_rgb
+from evaluation.sobol import sobol_normal
 from ldm import progress
 from ldm.config import SamplingConfig
 from ldm.diffusion.conditioning import ConditionInputs
@@ -53,9 +54,11 @@ def batch_generator(seed: int, batch: int) -> torch.Generator:
 
 
 def sample_batches(pipeline: LatentDiffusionPipeline, conditions: ConditionInputs, n: int, sampling: SamplingConfig,
-                   seed: int, batch_size: int, ranks: Ranks, stopwatch: Stopwatch | None = None
-                   ) -> Iterator[SampleBatch]:
+                   seed: int, batch_size: int, ranks: Ranks, stopwatch: Stopwatch | None = None,
+                   sobol_noise: bool = False) -> Iterator[SampleBatch]:
     """This rank's batches of the `n` samples for `conditions` (one per sample), one per step, every rank alike.
+
+    `sobol_noise`: sample i starts from point i of the seed's scrambled Sobol sequence (`evaluation/sobol.py`).
 
     Every rank yields the same number of steps (an empty batch past its last one), so consumers may run
     collectives at each step.
@@ -71,8 +74,10 @@ def sample_batches(pipeline: LatentDiffusionPipeline, conditions: ConditionInput
                 continue
             part = slice(batch * batch_size, min(n, (batch + 1) * batch_size))
             start = time.perf_counter()
+            x_T = (sobol_normal(seed, part.start, part.stop - part.start, pipeline.first_stage.latent_shape(side))
+                   if sobol_noise else None)
             images = to_uint8_rgb(pipeline.sample_batch(part.stop - part.start, conditions[part], sampling,
-                                                        batch_generator(seed, batch)))
+                                                        batch_generator(seed, batch), x_T))
             if stopwatch is not None:
                 stopwatch.seconds += time.perf_counter() - start
                 stopwatch.images += len(images)

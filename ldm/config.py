@@ -235,6 +235,8 @@ class EvaluationConfig(Section):
     bootstrap_replicates: int = Field(100, ge=0, description="resamples of the generated samples behind the 95% "
                                       "intervals <metric>_lo/_hi and fdinf_<extractor>_lo/_hi (drawn from "
                                       "evaluation.seed alone, so arms pair); 0: no intervals")
+    sobol_noise: bool = Field(False, description="initial noises from one scrambled Sobol sequence (point i for "
+                              "sample i) instead of independent draws: more even coverage of the noise")
     seed: int = 0
 
     @model_validator(mode="after")

@@ -30,7 +30,7 @@ from reports.runs import (
 )
 
 # Metrics computed from `ldm.num_samples` generated images (directly or in a g<scale>/ddim<K> variant).
-_SAMPLE_BASED = re.compile(r"^(fid|kid|is|precision|recall)_|^cond_accuracy$")
+_SAMPLE_BASED = re.compile(r"^(fid|fdinf|kid|is|precision|recall)_|^cond_accuracy$")
 # Trials that ended without a result, listed with their reason: every state but finished, duplicate and running.
 STOPPED_STATES: tuple[TrialState, ...] = ("failed", "pruned", "interrupted", "worker_died", "killed")
 

@@ -116,14 +116,16 @@ class LatentDiffusionPipeline:
 
     @torch.no_grad()
     def sample_batch(self, size: int, conditions: ConditionInputs, sampling: SamplingConfig,
-                     generator: torch.Generator | None) -> Tensor:
-        """`size` images as float (B, C, H, W) in [-1, 1] on the CPU, for `size` complete (checked) conditions."""
+                     generator: torch.Generator | None, x_T: Tensor | None = None) -> Tensor:
+        """`size` images as float (B, C, H, W) in [-1, 1] on the CPU, for `size` complete (checked) conditions.
+
+        `x_T`: the initial latent noise (default: N(0, I) from `generator`)."""
         shape = self.first_stage.latent_shape(self.config.data.resolution)
         cond = self.condition(conditions.to(self.device))
         uncond = self.conditioner.null(size)
         with autocast(self.device):
             latents = sample(self.denoiser, self.diffusion, (size, *shape), sampling, cond, uncond, generator,
-                             self.device)
+                             self.device, x_T=x_T)
             return self.first_stage.decode(latents / self.scale_factor).float().clamp(-1, 1).cpu()
 
     def generate(self, n: int, *, conditions: ConditionInputs = ConditionInputs(),

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from gaussians import GaussianPair
 
-from evaluation.fd_infinity import fd_infinity, fd_infinity_interval, subset_sizes, trustworthy
+from evaluation.fd_infinity import fd_infinity, fd_infinity_interval, samples_needed, subset_sizes, trustworthy
 from evaluation.frechet import FrechetRows
 
 REPETITIONS, N, REPLICATES = 100, 200, 50
@@ -60,3 +60,5 @@ def test_the_intercept_of_an_exact_bias_law_is_recovered() -> None:
 def test_trustworthy_from_ten_samples_per_feature_dimension() -> None:
     assert trustworthy(200, 12) and trustworthy(20480, 2048)
     assert not trustworthy(500, 2048) and not trustworthy(200, 64)
+    assert samples_needed(2048) == 20480 and trustworthy(samples_needed(12), 12)
+    assert not trustworthy(samples_needed(12) - 5, 12)

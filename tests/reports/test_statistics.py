@@ -46,6 +46,30 @@ def test_mismatched_replicates_are_refused() -> None:
         paired_comparison(np.zeros((2, 10)), np.zeros((2, 11)), [0, 0], [0, 0])
 
 
+def test_pairing_through_shared_samples_narrows_the_interval() -> None:
+    """Arms that transform the same initial noises (as every run of a study does) differ by less than their
+    sampling noise: replicate b of both resamples the same noises, so the paired interval is the narrower one."""
+    pair = GaussianPair.make(dim=DIM, shift=0.0)
+    reference, resamples = pair.reference(), resample_indices(0, N, B)
+    noise = np.random.default_rng(0).normal(size=(N, DIM))  # the shared initial noises of sample 0 .. N-1
+    root = np.linalg.cholesky(pair.sigma_gen)
+
+    def run(shift: float, seed: int) -> tuple[float, np.ndarray]:
+        # A model: the noise mapped to the Gaussian, shifted by the arm, perturbed a little by its training seed.
+        features = shift + noise @ root.T + 0.05 * np.random.default_rng(seed).normal(size=(N, DIM))
+        rows = FrechetRows(features, reference)
+        return rows.fid(np.arange(N)), np.array([rows.fid(index) for index in resamples])
+
+    arm, base = [run(0.2, seed) for seed in (1, 2)], [run(0.0, seed) for seed in (3, 4)]
+    arm_reps, base_reps = np.stack([r for _, r in arm]), np.stack([r for _, r in base])
+    values = ([v for v, _ in arm], [v for v, _ in base])
+    paired = paired_comparison(arm_reps, base_reps, *values)
+    unpaired = paired_comparison(arm_reps, base_reps[:, np.random.default_rng(5).permutation(B)], *values)
+    assert paired.difference == unpaired.difference > 0
+    assert paired.hi - paired.lo < 0.5 * (unpaired.hi - unpaired.lo)
+    assert paired.p < 0.05
+
+
 def study(shift: float, shifted_dims: int) -> list[Comparison]:
     """Repetitions of a two-arm study: per seed, N fresh samples of each arm's Gaussian, its FID against the
     shared reference statistics and B replicates on the shared resample indices; then the arm against the base."""
