@@ -252,7 +252,8 @@ def plain_rows(table: Table) -> list[list[tuple[str, bool]]]:
         fmt, info = table.formats[m], metric_info(m)
         means = [None if pd.isna(v) else fmt.text(v) for v in data[f"{m}_mean"]]
         withheld = table.identity_rows & info.fixed_at_identity
-        columns.append([(_cell(mean, half, kind, w, fmt) + (f" {TIE_MARK}" if mark == "tie" else ""), mark == "best")
+        columns.append([(_cell(mean, half, kind, w, fmt) + (f" {TIE_MARK}" if mark == "tie" and mean else ""),
+                         mark == "best" and mean is not None)
                         for mean, half, kind, w, mark in zip(means, data[f"{m}_ci95"], data[f"{m}_interval"],
                                                              withheld, table.marks[m])])
     columns.append([(str(n), False) for n in data["n"]])
@@ -280,7 +281,7 @@ _LATEX_SPECIALS = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
     "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "↓": r"$\downarrow$", "↑": r"$\uparrow$",
     "×": r"$\times$", EMPTY_CELL: "--", WITHHELD_CELL: "---", ONE_RUN_MARK: r"\textsuperscript{\dag}",
-    TIE_MARK: r"$\approx$",
+    TIE_MARK: r"$^{\approx}$",
     **{sup: rf"\textsuperscript{{{digit}}}" for digit, sup in zip("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")}, "⁻": r"$^{-}$",
 }
 
@@ -378,5 +379,7 @@ def to_latex(table: Table, style: TableStyle = "plain") -> str:
 
 
 def to_csv(table: Table) -> str:
-    """Plain numbers: factor columns by their short name, `<metric>_mean`, `_std`, `_ci95`, `_interval`, `n`."""
-    return table.data.rename(columns={f: factor_label(f) for f in table.factors}).to_csv(index=False)
+    """Plain numbers: factor columns by their short name, `<metric>_mean`, `_std`, `_ci95` (the caption says which
+    interval), `n`."""
+    numbers = table.data.drop(columns=[f"{m}_interval" for m in table.metrics])
+    return numbers.rename(columns={f: factor_label(f) for f in table.factors}).to_csv(index=False)

@@ -1,42 +1,46 @@
-"""reports/balance.py: ablation rows from cell means over the cells every level has, and the design in words."""
+"""reports/balance.py: the seeds a table row stands on, over the cells every row has, and the design in words."""
 
 from __future__ import annotations
 
-import math
-
 import pandas as pd
-import pytest
 
-from reports.balance import design_note, marginal
+from reports.balance import design_note, layout
 
 F, S = "autoencoder.f", "diffusion.schedule"
 
 
-def cells(rows: list[tuple[str, str, float, int]]) -> pd.DataFrame:
-    return pd.DataFrame([{F: f, S: s, "fid_mean": fid, "n": n} for f, s, fid, n in rows])
+def runs(rows: list[tuple[str, str, int]]) -> pd.DataFrame:
+    """Finished runs (f, schedule, seed), run ids f-schedule-seed."""
+    return pd.DataFrame([{f"params.{F}": f, f"params.{S}": s, "params.training.seed": str(seed),
+                          "run_id": f"{f}-{s}-{seed}"} for f, s, seed in rows])
 
 
-def test_levels_are_compared_over_the_same_cells_with_equal_weight():
-    # f = 2 lacks the cosine cell, the good one: pooling its runs would compare f = 1's average over both
-    # schedules with f = 2's linear runs alone.
-    table = cells([("1", "linear", 30.0, 2), ("1", "cosine", 20.0, 3), ("2", "linear", 28.0, 2)])
-    result = marginal(table, F, [F, S], ["fid"])
-    rows = result.data.set_index(F)
-    assert rows.loc["1", "fid_mean"] == 30.0 and rows.loc["2", "fid_mean"] == 28.0
-    assert rows.loc["1", "cells"] == 1 and rows.loc["1", "n"] == 2
-    assert math.isnan(rows.loc["1", "fid_std"])  # one cell: no spread over cells
-    assert "Left out, for lack of a run at every level: schedule=cosine." in result.note
-    balanced = marginal(cells([("1", "linear", 30.0, 2), ("1", "cosine", 20.0, 2), ("2", "linear", 28.0, 2),
-                               ("2", "cosine", 26.0, 2)]), F, [F, S], ["fid"]).data.set_index(F)
-    # The mean of cell means, whatever the seeds per cell; the std is over cells.
-    assert balanced.loc["1", "fid_mean"] == 25.0 and balanced.loc["1", "fid_std"] == pytest.approx(50**0.5)
-    assert balanced.loc["2", "cells"] == 2 and balanced.loc["2", "n"] == 4
+def test_a_level_stands_on_the_cells_every_level_has_and_the_seeds_all_of_them_have():
+    # f = 2 lacks the cosine cell, so both levels are read on linear alone; f = 1's seed 2 has no
+    # linear run, so it is left out of f = 1's units rather than weighting one cell more.
+    table = layout(runs([("1", "linear", 0), ("1", "linear", 1), ("1", "cosine", 0), ("1", "cosine", 1),
+                         ("1", "cosine", 2), ("2", "linear", 0), ("2", "linear", 1)]), [F, S], [F])
+    assert [(row.key, row.seeds, row.runs) for row in table.rows] == [
+        (("1",), ("0", "1"), (("1-linear-0",), ("1-linear-1",))),
+        (("2",), ("0", "1"), (("2-linear-0",), ("2-linear-1",)))]
+    assert table.cells_left_out == (("cosine",),)
+    assert table.note() == ("Each row: the mean over seeds of the mean over the 1 cell(s) of schedule that every row "
+                            "has (cells weighted equally); left out for lack of a run in every row: schedule=cosine")
+
+
+def test_balanced_cells_are_averaged_per_seed():
+    table = layout(runs([(f, s, seed) for f in ("1", "2") for s in ("linear", "cosine") for seed in (0, 1)]),
+                   [F, S], [F])
+    assert table.rows[0].runs == (("1-linear-0", "1-cosine-0"), ("1-linear-1", "1-cosine-1"))
+    assert table.cells_left_out == () and table.seeds_left_out == 0
+    overall = layout(runs([("1", "linear", 0), ("1", "linear", 1), ("2", "linear", 0)]), [F, S], [F, S])
+    assert [row.seeds for row in overall.rows] == [("0", "1"), ("0",)] and overall.note() == "Each row: the mean over its seeds"
 
 
 def test_the_design_names_factors_levels_seeds_and_any_cell_with_fewer_runs():
-    table = cells([("1", "linear", 30.0, 2), ("1", "cosine", 20.0, 1), ("2", "linear", 28.0, 2)])
-    note = design_note([F, S], {F: ["1", "2"], S: ["linear", "cosine"]}, table, ["0", "1"])
+    counts = pd.DataFrame({F: ["1", "1", "2"], S: ["linear", "cosine", "linear"], "n": [2, 1, 2]})
+    note = design_note([F, S], {F: ["1", "2"], S: ["linear", "cosine"]}, counts, ["0", "1"])
     assert note == ("Design: f (1, 2) x schedule (linear, cosine); seeds 0, 1; unbalanced: n = 2 per cell "
                     "except f=1, schedule=cosine: n = 1.")
-    even = design_note([F], {F: ["1", "2"]}, cells([("1", "x", 1.0, 3), ("2", "x", 2.0, 3)]), None)
+    even = design_note([F], {F: ["1", "2"]}, pd.DataFrame({F: ["1", "2"], "n": [3, 3]}), None)
     assert even == "Design: f (1, 2); n = 3 per cell."

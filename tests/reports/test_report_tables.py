@@ -11,6 +11,7 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.stats import t
 
 from evaluation.metric_catalog import CATALOG, metric_info
 from ldm.errors import UserError
@@ -33,7 +34,7 @@ from sweeps.spec import MetricFormat, ReportSpec
 # Table name -> the fixture columns its rows group by (the other factors and the seeds are pooled).
 GROUPING = {"overall": ["f", "schedule"], "ablation_f": ["f"], "ablation_schedule": ["schedule"]}
 NUMBER = r"-?\d+(?:\.\d+)?"
-CELL = re.compile(rf"^(?P<bold>\*\*)?(?P<mean>{NUMBER})(?: ± (?P<std>{NUMBER}))?(?:\*\*)?$")
+CELL = re.compile(rf"^(?P<bold>\*\*)?(?P<mean>{NUMBER})(?: ± (?P<half>{NUMBER}))?(?P<one_run>†)?(?:\*\*)?(?P<tie> ≈)?$")
 COSTS = ("params_unet", "unet_gflops", "train_images_per_s", "sample_images_per_s", "train_hours")
 
 
@@ -54,18 +55,21 @@ def tables(study: StudyRuns, every_metric: tuple[str, ...]) -> dict[str, Table]:
 
 
 def expected_rows(store, table: str) -> dict[tuple[str, ...], dict[str, float]]:
-    """numpy mean, sample std and count per row key, straight from the values the fixture logged; the values the
-    identity first stage (f = 1) fixes by construction left out."""
+    """Per row key, straight from the values the fixture logged: per seed the mean over the row's cells (the other
+    factors; FULL is balanced), then numpy's mean, sample std and the 95% t half-width over the seeds, and the seed
+    count; the values the identity first stage (f = 1) fixes by construction left out."""
     finished = store.finished.assign(f=store.finished["f"].astype(str))
     rows = {}
     for key, group in finished.groupby(GROUPING[table]):
-        stats: dict[str, float] = {"n": len(group)}
+        stats: dict[str, float] = {"n": group["seed"].nunique()}
         for metric in CATALOG:
             if metric in group:
                 kept = group[group["f"] != "1"] if metric_info(metric).fixed_at_identity else group
-                values = kept[metric].to_numpy(float)
+                values = kept.groupby("seed")[metric].mean().to_numpy(float)
                 stats[f"{metric}_mean"] = float(np.mean(values)) if len(values) else np.nan
                 stats[f"{metric}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else np.nan
+                stats[f"{metric}_ci95"] = (float(t.ppf(0.975, len(values) - 1) * np.std(values, ddof=1)
+                                                 / np.sqrt(len(values))) if len(values) > 1 else np.nan)
         rows[tuple(key)] = stats
     return rows
 
@@ -81,14 +85,27 @@ def latex_body(tex: str) -> list[list[str]]:
     return [[cell.strip() for cell in line.removesuffix("\\\\").split(" & ")] for line in body.strip().splitlines()]
 
 
-def expected_bold(shown: list[str | None], metric: str) -> list[bool]:
-    """Bold: the single best of two or more displayed means of a result column."""
+def seed_values(store, table: str, metric: str) -> dict[tuple[str, ...], np.ndarray]:
+    finished = store.finished.assign(f=store.finished["f"].astype(str))
+    if metric_info(metric).fixed_at_identity:
+        finished = finished[finished["f"] != "1"]
+    return {tuple(key): group.groupby("seed")[metric].mean().to_numpy(float)
+            for key, group in finished.groupby(GROUPING[table])}
+
+
+def separated_best(store, table: str, metric: str) -> tuple[str, ...] | None:
+    """The best row when every seed value of every other row is worse than every seed value of it, else None.
+
+    With two seeds per row and no sample replicates, that is what a significant paired bootstrap needs: any
+    overlap lets a quarter of the draws of a difference cross zero.
+    """
     info = metric_info(metric)
-    values = [float(s) for s in shown if s is not None]
-    best = min(values) if info.direction == "minimize" else max(values)
-    if not info.result or len(values) < 2 or values.count(best) > 1:
-        return [False] * len(shown)
-    return [s is not None and float(s) == best for s in shown]
+    rows = seed_values(store, table, metric)
+    sign = 1 if info.direction == "minimize" else -1
+    best = min(rows, key=lambda k: sign * rows[k].mean())
+    others = [k for k in rows if k != best]
+    worst_of_best = max(sign * rows[best])
+    return best if others and all(min(sign * rows[k]) > worst_of_best for k in others) else None
 
 
 def column(rows: list[list[str]], table: Table, metric: str) -> list[str]:
@@ -105,10 +122,12 @@ def test_one_row_per_configuration(synthetic_store, tables: dict[str, Table]) ->
     assert tables["ablation_f"].data["autoencoder.f"].tolist() == ["1", "4", "8"]
     assert tables["ablation_schedule"].data["diffusion.schedule"].tolist() == ["cosine", "linear"]
     assert overall["n"].tolist() == [2] * 6
-    assert tables["ablation_f"].data["n"].tolist() == [4] * 3  # the failed f=8 trial is not counted
+    # n counts the seeds a row stands on (each averaging its cells), not pooled runs: the failed f=8 trial is not
+    # counted, and f = 8 still has both seeds in both schedules.
+    assert tables["ablation_f"].data["n"].tolist() == [2] * 3
 
 
-def test_mean_and_std_match_numpy(synthetic_store, tables: dict[str, Table]) -> None:
+def test_mean_std_and_interval_match_numpy(synthetic_store, tables: dict[str, Table]) -> None:
     for name, table in tables.items():
         expected = expected_rows(synthetic_store, name)
         assert len(table.data) == len(expected)
@@ -119,6 +138,8 @@ def test_mean_and_std_match_numpy(synthetic_store, tables: dict[str, Table]) -> 
                 assert row[f"{metric}_mean"] == pytest.approx(want[f"{metric}_mean"], rel=1e-12, abs=1e-15,
                                                               nan_ok=True)
                 assert row[f"{metric}_std"] == pytest.approx(want[f"{metric}_std"], rel=1e-9, abs=1e-12, nan_ok=True)
+                assert row[f"{metric}_ci95"] == pytest.approx(want[f"{metric}_ci95"], rel=1e-9, abs=1e-12,
+                                                              nan_ok=True)
 
 
 def test_failed_pruned_and_running_trials_stay_out(synthetic_store, tables: dict[str, Table]) -> None:
@@ -166,7 +187,8 @@ def test_requested_columns_the_study_did_not_log_are_one_error_listing_what_it_l
         "allowed: ")[1]
 
 
-def test_markdown_cells_parse_match_numpy_and_bold_the_single_best(synthetic_store, tables: dict[str, Table]) -> None:
+def test_markdown_cells_parse_match_numpy_and_bold_only_a_significant_best(synthetic_store,
+                                                                          tables: dict[str, Table]) -> None:
     for name, table in tables.items():
         head, rows = markdown_cells(to_markdown(table))
         expected = expected_rows(synthetic_store, name)
@@ -186,12 +208,21 @@ def test_markdown_cells_parse_match_numpy_and_bold_the_single_best(synthetic_sto
                 if cell is None:
                     assert np.isnan(expected[key][f"{metric}_mean"])
                     continue
-                assert all(len(x.partition(".")[2]) == decimals for x in (cell["mean"], cell["std"]))
+                assert all(len(x.partition(".")[2]) == decimals for x in (cell["mean"], cell["half"]))
                 tolerance = 0.5 * 10**-decimals + 1e-12
                 assert abs(float(cell["mean"]) - expected[key][f"{metric}_mean"]) <= tolerance
-                assert abs(float(cell["std"]) - expected[key][f"{metric}_std"]) <= tolerance
-            shown = [c["mean"] if c else None for c in parsed]
-            assert [bool(c and c["bold"]) for c in parsed] == expected_bold(shown, metric), (name, metric)
+                assert abs(float(cell["half"]) - expected[key][f"{metric}_ci95"]) <= tolerance
+            bold = [key for c, key in zip(parsed, keys) if c and c["bold"]]
+            if not info.result:
+                assert bold == [] and not any(c and c["tie"] for c in parsed), (name, metric)
+                continue
+            assert bold == ([best] if (best := separated_best(synthetic_store, name, metric)) else []), (name, metric)
+            # Without a significant best, the best mean is marked as a tie (with any row it cannot be told from).
+            ties = [key for c, key in zip(parsed, keys) if c and c["tie"]]
+            means = {key: expected[key][f"{metric}_mean"] for key in keys if not np.isnan(expected[key][f"{metric}_mean"])}
+            if not bold and len(means) > 1:
+                pick = min if info.direction == "minimize" else max
+                assert pick(means, key=means.get) in ties, (name, metric)
         assert [row[-1] for row in rows] == [str(expected[key]["n"]) for key in keys]
 
 
@@ -203,10 +234,11 @@ def test_the_identity_first_stage_fixed_values_are_withheld_footnoted_and_never_
         cells = column(rows, overall, metric)
         fixed = metric_info(metric).fixed_at_identity
         assert [c == WITHHELD_CELL for c in cells] == [fixed and is_f1 for is_f1 in f1], metric
-    # f = 1 logs PSNR 40 dB here, above every other f: it would be the best were it counted.
+    # f = 1 logs PSNR 40 dB here, above every other f: it would be the best were it counted. Counted are the two
+    # f = 4 rows, tied (their PSNR differs by seed noise alone), and the f = 8 rows, worse.
     psnr = column(rows, overall, "psnr")
-    assert sum(c.startswith("**") for c in psnr) == 1 and not any(c.startswith("**") for c, is_f1 in zip(psnr, f1)
-                                                                   if is_f1)
+    assert [c.endswith(" ≈") for c in psnr] == [False, False, True, True, False, False]
+    assert not any(c.startswith("**") for c in psnr)
     assert overall.notes == ("— identity first stage (f = 1): no reconstruction loss; its values of rFID (domain), "
                              "PSNR, Rate are fixed by construction, not results, and enter no mean and no best.",)
     assert to_markdown(overall).endswith(f"*{overall.notes[0]}*")
@@ -228,17 +260,14 @@ def test_cost_columns_are_never_bold(tables: dict[str, Table]) -> None:
     assert tables["ablation_f"].data["train_images_per_s_mean"].nunique() == 3
 
 
-def test_a_best_shared_by_two_displayed_values_is_not_bold(study: StudyRuns) -> None:
-    # With no decimals two schedules' FIDs round alike in one f row pair; with the catalog's two they do not.
+def test_rows_equal_by_design_are_a_tie_never_bold(study: StudyRuns) -> None:
+    # The rate depends on f alone: the two schedules of ablation_schedule have the same, and neither is bold.
+    table = build_tables(study, ["bpp"])[2]
+    _, rows = markdown_cells(to_markdown(table))
+    assert [row[1].endswith(" ≈") for row in rows] == [True, True] and not any(row[1].startswith("**") for row in rows)
+    # The marks come from the tests on the values, not from how many decimals a table shows.
     rounded = dataclasses.replace(study, report=ReportSpec(formats={"fid_domain": MetricFormat(decimals=0)}))
-    for source, bold in ((study, 1), (rounded, 0)):
-        table = build_tables(source, ["fid_domain"])[0]
-        fids = [round(v) for v in table.data["fid_domain_mean"]]
-        _, rows = markdown_cells(to_markdown(table))
-        assert sum(c.startswith("**") for c in column(rows, table, "fid_domain")) == bold
-    assert fids.count(min(fids)) == 2  # the rounded best really is shared
-    _, rows = markdown_cells(to_markdown(build_tables(study, ["bpp"])[2]))  # ablation_schedule: equal by design
-    assert not any(row[1].startswith("**") for row in rows)
+    assert build_tables(rounded, ["fid_domain"])[0].marks == build_tables(study, ["fid_domain"])[0].marks
 
 
 def test_scale_and_decimals_come_from_the_catalog_or_the_spec_and_the_header_states_the_scale(
@@ -301,7 +330,8 @@ def test_latex_is_balanced_booktabs_with_escapes(synthetic_store, tables: dict[s
             assert len(tex_row) == len(md_row)
             assert [c.startswith("\\textbf{") for c in tex_row] == [c.startswith("**") for c in md_row]
             for tex_cell, md_cell in zip(tex_row, md_row):
-                plain = re.sub(r"^\\textbf\{(.*)\}$", r"\1", tex_cell).replace(r"$\pm$", "±").replace("---", "—")
+                plain = (re.sub(r"^\\textbf\{(.*)\}$", r"\1", tex_cell).replace(r"$\pm$", "±").replace("---", "—")
+                         .replace(r"$^{\approx}$", "≈").replace(r"\textsuperscript{\dag}", "†"))
                 assert plain == md_cell.strip("*")
 
 
@@ -322,7 +352,9 @@ def test_captions_name_extractor_and_sample_count(synthetic_store, tables: dict[
     for table in tables.values():
         assert synthetic_store.EXTRACTOR_WEIGHTS in table.caption
         assert f"{synthetic_store.NUM_SAMPLES} samples per run" in table.caption
-        assert "in bold the best mean of each result column, none on a tie" in table.caption
+        assert "Mean ± the half-width of its 95% interval: a t-interval over the row's n seeds" in table.caption
+        assert "Bold: a row significantly better than every other (paired bootstrap" in table.caption
+        assert "Design: f (1, 4, 8) x schedule (cosine, linear); seeds 0, 1; n = 2 per cell." in table.caption
 
 
 def test_csv_has_plain_numeric_columns(synthetic_store, tables: dict[str, Table]) -> None:
@@ -330,7 +362,7 @@ def test_csv_has_plain_numeric_columns(synthetic_store, tables: dict[str, Table]
         frame = pd.read_csv(io.StringIO(to_csv(table)), dtype={"f": str, "schedule": str})
         assert list(frame.columns[: len(GROUPING[name])]) == GROUPING[name]
         assert list(frame.columns[len(GROUPING[name]):]) == [
-            *(f"{m}_{s}" for m in table.metrics for s in ("mean", "std")), "n"]
+            *(f"{m}_{s}" for m in table.metrics for s in ("mean", "std", "ci95")), "n"]
         numeric = frame.columns[len(GROUPING[name]):]
         assert all(pd.api.types.is_numeric_dtype(frame[c]) for c in numeric)
         expected = expected_rows(synthetic_store, name)
