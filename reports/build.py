@@ -18,6 +18,7 @@ from reports import index
 from reports.figures import FigureFiles, SkippedFigure, make_figures
 from reports.runs import StudyRuns, TrialState, load_study
 from reports.tables import Table, build_tables, table_metrics, to_csv, to_latex, to_markdown
+from reports.verdict import verdicts
 from sweeps.spec import TableStyle
 
 ReportFormat = Literal["md", "tex", "csv", "html"]
@@ -45,6 +46,7 @@ class ReportSummary:
     skipped: tuple[SkippedFigure, ...]
     trial_counts: dict[TrialState, int]
     overall_markdown: str
+    verdicts: tuple[str, ...]
 
 
 def comma_separated(text: str) -> list[str]:
@@ -82,7 +84,8 @@ def _write_report(study: StudyRuns, folder: Path, formats: frozenset[str], metri
                 atomic_write_text(paths[-1], render(table))
         written.append((table, paths))
     figures = make_figures(study, folder / "figures")
-    doc = index.index_document(study, written, figures, folder, datetime.now(UTC))
+    found = verdicts(study, tables[0].metrics)
+    doc = index.index_document(study, written, figures, folder, datetime.now(UTC), found)
     atomic_write_text(folder / "index.md", index.render_markdown(doc))
     html_index = folder / "index.html" if "html" in formats else None
     if html_index is not None:
@@ -97,6 +100,7 @@ def _write_report(study: StudyRuns, folder: Path, formats: frozenset[str], metri
         skipped=tuple(f for f in figures if isinstance(f, SkippedFigure)),
         trial_counts=study.state_counts(),
         overall_markdown=to_markdown(tables[0]),
+        verdicts=tuple(v.sentence for v in found),
     )
 
 

@@ -43,6 +43,9 @@ def report(
         typer.echo(f"HTML index: {summary.html_index}")
     typer.echo(f"figures: {len(summary.figures)} drawn, {len(summary.skipped)} skipped for lack of data "
                "(see the index)\n")
+    for sentence in summary.verdicts:
+        typer.echo(sentence)
+    typer.echo("")
     typer.echo(summary.overall_markdown)
 
 

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from evaluation.metric_catalog import CATALOG
+from evaluation.metric_catalog import CATALOG, metric_label
 from ldm.tracking import Tag
 from reports import tables as tbl
 from reports.figures import FigureFiles, FigureResult, SkippedFigure
 from reports.design import SEED_PARAM
+from reports.verdict import FactorVerdict
 from reports.runs import (
     DUPLICATE_OF,
     StudyRuns,
@@ -208,11 +209,22 @@ def _figures(root: Path, figures: Sequence[FigureResult]) -> Section:
     return Section("Figures", (*drawn, *([Bullets(skipped)] if skipped else [])))
 
 
+def _verdict(found: Sequence[FactorVerdict]) -> Section:
+    if not found:
+        return Section("Verdict", (Paragraph("No factor has two levels with finished runs to compare."),))
+    how = ("Each swept factor's levels against its baseline (the spec's report.baseline, else the best mean) on "
+           f"{metric_label(found[0].metric)}: paired bootstrap of the difference over seeds and shared samples, "
+           "95% intervals, p Holm-adjusted over the factor's comparisons.")
+    return Section("Verdict", (Bullets(tuple(v.sentence for v in found)), Paragraph(how)))
+
+
 def index_document(study: StudyRuns, tables: Sequence[tuple[tbl.Table, Sequence[Path]]],
-                   figures: Sequence[FigureResult], root: Path, generated: datetime) -> Document:
+                   figures: Sequence[FigureResult], root: Path, generated: datetime,
+                   verdicts: Sequence[FactorVerdict] = ()) -> Document:
     """Everything a reader needs to trust the numbers, with links to every table and figure file under `root`."""
     table_views = tuple(TableView(t, _file_links(root, files)) for t, files in tables)
     return Document(f"Report: {study.name}", (
+        _verdict(verdicts),
         _overview(study, generated),
         _spec(study),
         _sample_counts(study),

@@ -15,6 +15,7 @@ makes a helper module unimportable by name).
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import time
@@ -260,6 +261,38 @@ def write_coverage_study(client: MlflowClient, root: Path, name: str = "toy-cove
     return CoverageStudy(name, writer.parent_id, run_ids)
 
 
+@dataclass(frozen=True)
+class FlawedStudy:
+    """A grid f in {2, 4} x seeds {0, 1, 2} whose f = 4 seed-2 trial never finished, with FIDs that overlap (no
+    real difference) and bootstrap replicates for each run, as `evaluation.bootstrap_replicates` writes them."""
+
+    NAME: ClassVar[str] = "toy-flawed"
+    SPEC_YAML: ClassVar[str] = (
+        "name: toy-flawed\nsampler: grid\nspace:\n  autoencoder.f: {type: categorical, choices: [2, 4]}\n"
+        "seeds: [0, 1, 2]\nobjectives: [{metric: fid_domain, direction: minimize}]\n")
+    FIDS: ClassVar[dict[tuple[int, int], float]] = {(2, 0): 30.0, (2, 1): 31.6, (2, 2): 29.1, (4, 0): 30.4,
+                                                    (4, 1): 29.9}
+    REPLICATES: ClassVar[int] = 50
+
+    tracking_uri: str
+
+
+def write_flawed_study(client: MlflowClient, root: Path) -> None:
+    writer = _StudyWriter(client, root, FlawedStudy.NAME, spec=FlawedStudy.SPEC_YAML)
+    # Replicate b of every run resamples the same slots: a shared component plus a run's own.
+    shared = np.random.default_rng(0).normal(0, 1.0, FlawedStudy.REPLICATES)
+    for (f, seed), fid in FlawedStudy.FIDS.items():
+        run_id = writer.trial([f"autoencoder.f={f}"], seed, steps={}, final={"fid_domain": fid},
+                              tags={"ldm.trial_outcome": "complete"})
+        own = np.random.default_rng([f, seed]).normal(0, 0.5, FlawedStudy.REPLICATES)
+        path = root / "bootstrap" / run_id / "bootstrap.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({"fid_domain": (fid + shared + own).tolist()}))
+        client.log_artifact(run_id, str(path), "evaluation")
+        client.set_terminated(run_id, "FINISHED")
+    client.set_terminated(writer.parent_id, "FINISHED")
+
+
 def _build_store(root: Path) -> SyntheticStore:
     root.mkdir(parents=True, exist_ok=True)
     uri = f"sqlite:///{root / 'mlflow.db'}"
@@ -268,6 +301,7 @@ def _build_store(root: Path) -> SyntheticStore:
     parents = {S.FULL_STUDY: full_parent, S.SPARSE_STUDY: _write_sparse(client, root),
                S.FAILED_STUDY: _write_failed(client, root),
                S.EMPTY_STUDY: _StudyWriter(client, root, S.EMPTY_STUDY, spec=None).parent_id}
+    write_flawed_study(client, root)
     return SyntheticStore(uri, root, write_coverage_study(client, root), finished, parents, others)
 
 
@@ -291,6 +325,11 @@ def served_coverage_study(mlflow_server: str, tmp_path_factory: pytest.TempPathF
 
 def _report(study: str, store: SyntheticStore, factory: pytest.TempPathFactory) -> ReportSummary:
     return build_report(study, factory.getbasetemp() / "reports" / study, tracking_uri=store.tracking_uri)
+
+
+@pytest.fixture(scope="session")
+def flawed_report(synthetic_store: SyntheticStore, tmp_path_factory: pytest.TempPathFactory) -> ReportSummary:
+    return _report(FlawedStudy.NAME, synthetic_store, tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
