@@ -65,8 +65,11 @@ def factor_verdict(study: StudyRuns, factor: str, metric: str, numbers: RunNumbe
     comparisons = compare_to(arms, baseline, metric, labels)
     fmt = f".{max(metric_info(metric).decimals, 1)}f"
     significant = [clause(c, factor, metric, fmt) for c in comparisons if c.p_holm < ALPHA]
+    name = factor_label(factor)
     if significant:
-        sentence = "; ".join(significant)
+        sentence = "; ".join([*significant, *(
+            f"{name} = {c.arm} and {name} = {c.baseline}: no significant difference ({p_text(c.p_holm)})"
+            for c in comparisons if c.p_holm >= ALPHA)])
     else:
         smallest = min(comparisons, key=lambda c: c.p_holm)
         sentence = (f"{factor_label(factor)}: no significant difference on {metric_label(metric)} "
