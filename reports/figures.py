@@ -30,6 +30,7 @@ from reports.runs import (
     ordered_values,
     param_column,
 )
+from reports.statistics import t_interval
 from reports.tables import EXTRACTORS, aggregate, metric_header
 
 F_PARAM = "autoencoder.f"
@@ -122,8 +123,16 @@ def spread_note(study: StudyRuns) -> str:
     finished = study.finished
     seeds = finished.groupby(columns, dropna=False).size() if columns else pd.Series([len(finished)])
     n = f"n = {seeds.min()}" if seeds.min() == seeds.max() else f"n = {seeds.min()} to {seeds.max()}"
-    return (f"error bars: ± 1 sample std over the seeds of a configuration ({n}; none where n = 1)"
+    return (f"error bars: the 95% t-interval of the mean over the seeds of a configuration ({n}; none where n = 1), "
+            f"as in the tables"
             if seeds.max() > 1 else "one seed per configuration: no error bars")
+
+
+def t_errorbar(values: pd.Series) -> tuple[float, float]:
+    """seaborn's error bar of a group of seed values: the tables' 95% t-interval of their mean (none for one)."""
+    interval = t_interval(values.dropna().to_numpy())
+    half = interval.half_width if interval.half_width is not None else np.nan
+    return interval.mean - half, interval.mean + half
 
 
 def is_identity(runs: pd.DataFrame) -> pd.Series:
@@ -191,10 +200,10 @@ def fid_vs_step(study: StudyRuns) -> Drawn:
         raise MissingData(f"{fid} was logged at fewer than two steps (set evaluation.fid_every)")
     fig, (ax,) = _panels(1, width=6.0)
     sns.lineplot(points, x="step", y="value", hue="configuration", hue_order=hue_order(labels), marker="o",
-                 errorbar="sd", ax=ax)
+                 errorbar=t_errorbar, ax=ax)
     ax.set(xlabel="diffusion training step", ylabel=metric_header(fid))
     ax.legend(title=None, fontsize=7)
-    return Drawn(fig, f"Lines: mean over seeds per configuration; bands: ± 1 sample std. {spread_note(study)}.")
+    return Drawn(fig, f"Lines: mean over seeds per configuration; bands: {spread_note(study).removeprefix('error bars: ')}.")
 
 
 def fid_vs_compute(study: StudyRuns) -> Drawn:
@@ -289,7 +298,7 @@ def schedule_comparison(study: StudyRuns) -> Drawn:
     fig, axes = _panels(len(metrics))
     for ax, m in zip(axes, metrics):
         sns.barplot(data, x="x", y=m, hue="configuration", order=ordered_values(data["x"]),
-                    hue_order=hue_order(data["configuration"]), errorbar="sd", ax=ax)
+                    hue_order=hue_order(data["configuration"]), errorbar=t_errorbar, ax=ax)
         ax.set(xlabel=factor_label(x_param), ylabel=metric_header(m))
         ax.legend(title=None, fontsize=7)
     return Drawn(fig, f"Bars: means over seeds per configuration; {spread_note(study)}.")
@@ -328,7 +337,7 @@ def metric_vs_factor(study: StudyRuns, factor: str, metrics: Sequence[str]) -> D
     fig, axes = _panels(len(drawable), width=4.0)
     for ax, m in zip(axes, drawable):
         sns.pointplot(shown[m], x="level", y=m, hue="configuration", order=ordered_values(data["level"]),
-                      hue_order=hue_order(data["configuration"]), errorbar="sd", dodge=0.3 if others else False,
+                      hue_order=hue_order(data["configuration"]), errorbar=t_errorbar, dodge=0.3 if others else False,
                       capsize=0.1, ax=ax)
         ax.set(xlabel=factor_label(factor), ylabel=metric_header(m))
         if ax.get_legend() is not None:

@@ -8,6 +8,7 @@ import itertools
 
 import numpy as np
 import pytest
+from scipy.stats import t
 from PIL import Image
 
 from reports.figures import (
@@ -89,7 +90,7 @@ def test_colours_are_the_swept_configurations_in_table_order(study) -> None:
     ax = drawn.figure.axes[0]
     assert legend(ax) == CONFIGURATIONS
     assert ax.get_xlabel() == "diffusion training step" and ax.get_ylabel() == "FID (domain) ↓"
-    assert "± 1 sample std" in drawn.caption and "n = 2" in drawn.caption
+    assert "the 95% t-interval of the mean over the seeds" in drawn.caption and "n = 2" in drawn.caption
     throughput = fid_vs_throughput(study).figure.axes[0]
     assert legend(throughput) == CONFIGURATIONS
     assert throughput.get_xlabel() == metric_header("sample_images_per_s") and throughput.get_xscale() == "log"
@@ -139,6 +140,12 @@ def test_every_swept_factor_has_a_metric_against_level_figure(synthetic_store, s
         return [x for ln in lines for x in ln.get_xdata()], [y for ln in lines for y in ln.get_ydata()]
 
     assert np.allclose(sorted(drawn_means(fid_ax)[1]), sorted(means["fid_domain"]))
+    # Each error bar is the 95% t-interval of its configuration's seeds, as in the tables.
+    bars = sorted((np.nanmin(line.get_ydata()), np.nanmax(line.get_ydata())) for line in fid_ax.get_lines()
+                  if len(line.get_ydata()) and np.isnan(line.get_ydata()).any())  # a bar and its caps
+    seeds = synthetic_store.finished.groupby(["f", "schedule"])["fid_domain"]
+    half = seeds.std(ddof=1) * t.ppf(0.975, 1) / np.sqrt(2)
+    assert np.allclose(bars, sorted(zip(seeds.mean() - half, seeds.mean() + half)))
     # PSNR at f = 1 is the identity's sentinel: that level (x = 0) has no point.
     x, y = drawn_means(psnr_ax)
     assert min(x) > 0.5
@@ -184,4 +191,5 @@ def test_figures_without_data_are_skipped_and_noted(sparse_report) -> None:
         assert note.replace("<", "\\<") in md and html.escape(note) in page
     drawn = {p.name for p in sparse_report.folder.rglob("*") if p.suffix in (".png", ".pdf")}
     assert drawn == {"metrics_vs_c.png", "metrics_vs_c.pdf"}
+
 
