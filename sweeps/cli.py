@@ -77,6 +77,7 @@ def status(
     from rich.console import Console
     from rich.table import Table
 
+    from sweeps.ranking import rank_configurations
     from sweeps.study import sweep_status
 
     frame = sweep_status(study, resolve_workdir(), storage)
@@ -92,10 +93,30 @@ def status(
             f"{r['number']}{'*' if r['pareto'] else ''}", r["state"], *(_cell(r[p]) for p in params),
             _cell(r["seed"]), *(_cell(r[o]) for o in objectives), _cell(r["duration_s"], ".1f"),
             _cell(r["fail_reason"]))
-    Console().print(table)
+    console = Console()
+    console.print(table)
     front = frame.loc[frame["pareto"], "number"].tolist() if len(frame) else []
     label = "Pareto front" if len(objectives) > 1 else "best"
     typer.echo(f"{label} (*): trials {', '.join(map(str, front)) or 'none yet'}")
+    ranked = rank_configurations(frame, params, objectives)
+    if ranked.empty:
+        return
+    typer.echo(f"configurations by mean {objectives[0]} over seeds (± 95% t-interval):")
+    configurations = Table()
+    for column in ["rank", *short_param_names(params), "n", *objectives]:
+        configurations.add_column(column, min_width=len(column), overflow="fold")
+    for rank, r in enumerate(ranked.to_dict("records"), start=1):
+        configurations.add_row(str(rank), *(_cell(r[p]) for p in params), str(r["n"]),
+                               *(_mean_cell(r[o], r[f"{o}_ci95"]) for o in objectives))
+    console.print(configurations)
+    best = ranked.iloc[0]
+    values = " ".join(f"{name}={_cell(best[p])}" for name, p in zip(short_param_names(params), params))
+    typer.echo(f"best configuration: {values or 'the only one'}  {objectives[0]}="
+               f"{_mean_cell(best[objectives[0]], best[f'{objectives[0]}_ci95'])} (n = {int(best['n'])})")
+
+
+def _mean_cell(mean: float, half_width: float | None) -> str:
+    return _cell(mean) if half_width is None or half_width != half_width else f"{mean:.4g} ± {half_width:.2g}"
 
 
 def _cell(value: object, float_format: str = ".4g") -> str:

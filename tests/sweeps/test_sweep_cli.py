@@ -177,3 +177,22 @@ def test_status_keeps_swept_headers_whole_at_80_columns(workdir, tmp_path, monke
     header = next(line for line in status.output.splitlines() if "state" in line)
     assert "schedule" in header and "prediction" in header and "…" not in header
     assert "cosine" in status.output and "v_predic" in status.output  # values fold, never vanish
+
+
+def test_status_ranks_configurations_by_their_mean_over_seeds_with_its_interval(workdir, tmp_path):
+    spec = tmp_path / "seeded.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": "seeded", "base": {"preset": "tiny"}, "sampler": "grid", "seeds": [0, 1],
+        "objectives": [{"metric": "fid_domain"}], "space": {"autoencoder.f": {"type": "categorical",
+                                                                             "choices": [2, 4]}}}))
+    assert runner.invoke(cli.app, ["run", str(spec)]).exit_code == 0
+    status = runner.invoke(cli.app, ["status", "seeded"])
+    assert status.exit_code == 0, status.output
+    channels = load_spec(str(spec)).base.load().autoencoder.latent_channels
+    # fid = 100 / f + channels + seed (sweep_fakes): seeds 0 and 1 differ by 1, so the t half-width is
+    # t(0.975, 1) x 0.7071 / sqrt(2).
+    half = 12.706204736174696 * 0.7071067811865476 / 2 ** 0.5
+    assert f"best configuration: f=4  fid_domain={25.5 + channels:.4g} ± {half:.2g} (n = 2)" in status.output
+    ranked = status.output.split("configurations by mean fid_domain over seeds (± 95% t-interval):\n")[1]
+    assert re.search(rf"│ 1 +│ 4 +│ 2 +│ {25.5 + channels:.4g} ± {half:.2g} +│", ranked)
+    assert re.search(rf"│ 2 +│ 2 +│ 2 +│ {50.5 + channels:.4g} ± {half:.2g} +│", ranked)
