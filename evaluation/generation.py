@@ -35,6 +35,7 @@ from evaluation.intervals import interval_scores
 from evaluation.reference import ReferenceSet, cached_reference_features, evaluation_reference, read_statistics
 from evaluation.report_card import META_KEY, MetricsReport
 from evaluation.sampling import SampleBatch
+from ldm import progress
 from ldm.config import DataConfig, EvaluationConfig
 from ldm.distributed import Ranks
 from ldm.errors import UserError
@@ -136,16 +137,24 @@ class GenerationStream:
                          f"= min(requested, {count} generated, {num_reference} reference)")
         report: MetricsReport = {}
         replicates: dict[str, list[float]] = {}
-        for features, scored in zip(gathered, scorer.scored, strict=True):
-            points = fidelity_scores(features, scored.reference, scored.extractor, metrics=scorer.metrics,
-                                     kid_subset_size=kid_subset_size, seed=evaluation.seed)
-            report.update(points)
-            intervals = interval_scores(features, scored.reference, scored.frechet, scored.extractor, points,
-                                        metrics=scorer.metrics, kid_subset_size=kid_subset_size,
-                                        seed=evaluation.seed, replicates=scorer.replicates)
-            report.update(intervals.values)
-            replicates.update(intervals.replicates)
-            notes.extend(intervals.notes)
+        # Metrics, then their intervals (bootstrap, FD-infinity), per extractor: the part of an evaluation after the
+        # samples that can take minutes at large N.
+        with progress.stage("evaluation: metrics and intervals", 2 * len(scorer.scored), unit="step",
+                            shown=ranks.is_main) as bar:
+            for features, scored in zip(gathered, scorer.scored, strict=True):
+                points = fidelity_scores(features, scored.reference, scored.extractor, metrics=scorer.metrics,
+                                         kid_subset_size=kid_subset_size, seed=evaluation.seed)
+                report.update(points)
+                if bar is not None:
+                    bar.advance(bar.completed + 1)
+                intervals = interval_scores(features, scored.reference, scored.frechet, scored.extractor, points,
+                                            metrics=scorer.metrics, kid_subset_size=kid_subset_size,
+                                            seed=evaluation.seed, replicates=scorer.replicates)
+                report.update(intervals.values)
+                replicates.update(intervals.replicates)
+                notes.extend(intervals.notes)
+                if bar is not None:
+                    bar.advance(bar.completed + 1)
         report[META_KEY] = {
             "num_samples": count, "num_reference": num_reference, "reference": scorer.reference_name,
             "seed": evaluation.seed, "kid_subset_size": kid_subset_size,

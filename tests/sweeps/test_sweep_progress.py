@@ -38,6 +38,7 @@ def test_a_terminal_shows_trial_k_of_n_with_elapsed_and_eta_above_the_stage_bars
     assert re.search(r"trial 2/2 \(f=2 s0\)  elapsed \d:\d\d:\d\d / ETA \d:\d\d:\d\d", shown)
     for stage in ("first stage", "diffusion", "evaluation: generation"):
         assert re.search(rf"{stage} .*\d+/\d+ .*img/s", shown), stage
+    assert re.search(r"evaluation: metrics and intervals .*2/2 .*step/s", shown)
 
 
 def test_off_a_terminal_every_line_is_plain_and_names_its_trial(tmp_path_factory, tmp_path):
@@ -50,6 +51,7 @@ def test_off_a_terminal_every_line_is_plain_and_names_its_trial(tmp_path_factory
     assert any(re.fullmatch(r"trial 2/2 \(f=2 s0\) diffusion done: 4 steps in \d:\d\d:\d\d  [\d.]+ img/s", line)
                for line in lines)
     assert "trial 2/2 (f=2 s0) evaluation: generation: 0/20 img" in lines
+    assert "trial 2/2 (f=2 s0) evaluation: metrics and intervals: 0/2 step" in lines
 
 
 def test_the_eta_counts_the_rest_of_this_trial_and_the_trials_after_it_over_the_workers():
