@@ -16,6 +16,7 @@ from ldm.errors import UserError
 from ldm.io import atomic_write_text
 from reports import index
 from reports.figures import FigureFiles, SkippedFigure, make_figures
+from reports.protocols import check_protocols
 from reports.runs import StudyRuns, TrialState, load_study
 from reports.tables import Table, build_tables, table_metrics, to_csv, to_latex, to_markdown
 from reports.verdict import verdicts
@@ -72,9 +73,9 @@ def check_table_style(style: str | None) -> TableStyle | None:
 
 
 def _write_report(study: StudyRuns, folder: Path, formats: frozenset[str], metrics: Sequence[str],
-                  style: TableStyle) -> ReportSummary:
+                  style: TableStyle, mixed_protocols: bool) -> ReportSummary:
     """Write every file of the report under `folder`; index.md always, index.html when asked for."""
-    tables = build_tables(study, metrics)
+    tables = build_tables(study, metrics, mixed_protocols)
     written: list[tuple[Table, list[Path]]] = []
     for table in tables:
         paths = []
@@ -131,15 +132,18 @@ def _swap_into_place(staging: Path, out: Path) -> None:
 
 
 def build_report(study: str, out: Path, formats: Collection[str] = frozenset(FORMATS), *, tracking_uri: str,
-                 metrics: Sequence[str] | None = None, table_style: str | None = None) -> ReportSummary:
+                 metrics: Sequence[str] | None = None, table_style: str | None = None,
+                 mixed_protocols: bool = False) -> ReportSummary:
     """Build the report of `study` into the folder `out` and log it to the study's parent run under `report/`.
 
-    `metrics` (table columns) and `table_style` override the spec's `report:` section (`reports.tables`).
+    `metrics` (table columns) and `table_style` override the spec's `report:` section (`reports.tables`);
+    `mixed_protocols` lets a table hold runs of several evaluation protocols (`reports.protocols`).
     """
     chosen = check_formats(formats)
     style = check_table_style(table_style)
     runs = load_study(study, tracking_uri)
     columns = table_metrics(runs, metrics)
+    check_protocols(runs, mixed_protocols)  # before anything is written
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"report folder '{out}' is a file; give a folder path")
@@ -147,7 +151,7 @@ def build_report(study: str, out: Path, formats: Collection[str] = frozenset(FOR
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.building-"))
     staging.chmod(0o755)  # mkdtemp makes it private; a report is meant to be read by others
     try:
-        summary = _write_report(runs, staging, chosen, columns, style or runs.report.table_style)
+        summary = _write_report(runs, staging, chosen, columns, style or runs.report.table_style, mixed_protocols)
         _swap_into_place(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -21,6 +21,9 @@ def report(
     table_style: Annotated[str | None, typer.Option(
         "--table-style", help="LaTeX tables: plain, resized (shrunk to the line width; graphicx) or landscape "
         "(sidewaystable; rotating); default: the spec's report.table_style, else plain.")] = None,
+    mixed_protocols: Annotated[bool, typer.Option(
+        "--mixed-protocols", help="Tabulate runs of different evaluation protocols (tag ldm.eval_protocol) "
+        "together, each row marked with its protocol; default: refused.")] = False,
     tracking_uri: Annotated[
         str | None, typer.Option(help="MLflow tracking URI; default the sqlite store under <workdir>/mlflow.")
     ] = None,
@@ -37,6 +40,7 @@ def report(
         tracking_uri=resolve_tracking_uri(workdir, tracking_uri),
         metrics=comma_separated(metrics) if metrics is not None else None,
         table_style=table_style,
+        mixed_protocols=mixed_protocols,
     )
     typer.echo(f"Report index: {summary.index}")
     if summary.html_index is not None:

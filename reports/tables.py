@@ -17,6 +17,7 @@ from ldm.config import ExtractorName
 from ldm.errors import UserError
 from ldm.tracking import Tag
 from reports.balance import design_note, layout
+from reports.protocols import check_protocols, protocol_note, row_protocols
 from reports.rows import Mark, RunNumbers, arm, cell, column_marks, row_labels
 from reports.runs import (
     StudyRuns,
@@ -36,6 +37,7 @@ FIRST_STAGE_PREFIX = "autoencoder."
 FIRST_STAGE_METRICS = ("psnr", "bpp")
 CONDITIONING_FACTORS = frozenset({"diffusion.conditioning", "diffusion.sampling.guidance_scale"})
 EMPTY_CELL = "–"  # no finished run of the row logged the metric
+PROTOCOL_COLUMN = "protocol"  # with --mixed-protocols: each row's evaluation protocol letters
 ONE_RUN_MARK = "†"  # the interval of a row of one run: its bootstrap over samples
 TIE_MARK = "≈"  # not significantly worse than the column's best
 WITHHELD_CELL = "—"  # only identity-first-stage runs, whose value is fixed by construction
@@ -135,13 +137,13 @@ def evaluation_note(study: StudyRuns, metrics: Sequence[str]) -> str:
 
 
 def default_metrics(study: StudyRuns) -> tuple[str, ...]:
-    """The objectives, FID and KID of the first extractor logged, PSNR and rate where a first-stage field was swept
+    """The objectives, FID, FD∞ and KID of the first extractor logged, PSNR and rate where a first-stage field was swept
     and conditioning accuracy where the conditioning was: few enough columns for a table at text width."""
     logged = set(study.metric_names())
     wanted = list(study.objectives)
     extractor = next((e for e in EXTRACTORS if f"fid_{e}" in logged), None)
     if extractor is not None:
-        wanted += [f"fid_{extractor}", f"kid_{extractor}"]
+        wanted += [f"fid_{extractor}", f"fdinf_{extractor}", f"kid_{extractor}"]
     if any(f.startswith(FIRST_STAGE_PREFIX) for f in study.factors):
         wanted += FIRST_STAGE_METRICS
     if CONDITIONING_FACTORS & set(study.factors):
@@ -171,7 +173,8 @@ def identity_note(study: StudyRuns, metrics: Sequence[str]) -> tuple[str, ...]:
     return (IDENTITY_NOTE.format(metrics=", ".join(dict.fromkeys(fixed))),)
 
 
-def build_tables(study: StudyRuns, metrics: Sequence[str] | None = None) -> list[Table]:
+def build_tables(study: StudyRuns, metrics: Sequence[str] | None = None, mixed_protocols: bool = False
+                 ) -> list[Table]:
     """The overall table (rows = configurations) and one ablation table per swept factor.
 
     `metrics` are the columns (default `table_metrics(study)`). Values the identity first stage fixes by
@@ -183,6 +186,9 @@ def build_tables(study: StudyRuns, metrics: Sequence[str] | None = None) -> list
     notes = identity_note(study, columns)
     caption_note = evaluation_note(study, columns)
     numbers = RunNumbers(study)
+    protocols = check_protocols(study, mixed_protocols)
+    mixed = len(set(protocols.values())) > 1
+    caption_note = f"{caption_note} {protocol_note(protocols)}".rstrip()
     design = design_note(study.factors, study.levels,
                          aggregate(study.finished, study.factors, ()), study.grid_seeds)
 
@@ -202,9 +208,14 @@ def build_tables(study: StudyRuns, metrics: Sequence[str] | None = None) -> list
             data[f"{m}_interval"] = [c.interval for c in cells]
             marks[m] = column_marks(arms, m, labels, len(rows.rows))
         data["n"] = [len(row.seeds) for row in rows.rows]
+        labels_columns = row_factors
+        if mixed:  # rows of different letters are not comparable: say which is which
+            data.insert(len(row_factors), PROTOCOL_COLUMN,
+                        row_protocols(protocols, [[r for unit in row.runs for r in unit] for row in rows.rows]))
+            labels_columns = (*row_factors, PROTOCOL_COLUMN)
         identity_rows = pd.Series([bool(runs) and all(identity.get(r, False) for r in runs)
                                    for runs in ([r for unit in row.runs for r in unit] for row in rows.rows)])
-        return Table(name, title, f"{caption} {design} {rows.note()}. {caption_note}", row_factors, columns,
+        return Table(name, title, f"{caption} {design} {rows.note()}. {caption_note}", labels_columns, columns,
                      data, formats, identity_rows, marks, notes)
 
     overall = table("overall", "All configurations", f"Study {study.name}: all configurations.", study.factors)

@@ -374,3 +374,21 @@ def test_csv_has_plain_numeric_columns(synthetic_store, tables: dict[str, Table]
 
 def test_a_value_that_rounds_to_zero_has_no_minus_sign() -> None:
     assert NumberFormat(2, 1.0).text(-0.0004) == "0.00" and NumberFormat(2, 1e3).text(-0.0004) == "-0.40"
+
+
+def test_rows_of_different_evaluation_protocols_are_refused_unless_asked_for_and_then_marked(study) -> None:
+    trials = study.trials.copy()
+    finished = trials["state"] == "finished"
+    trials.loc[finished, "tags.ldm.eval_protocol"] = np.where(trials.loc[finished, "params.autoencoder.f"] == "8",
+                                                              "bbbbbbbbbbbb", "aaaaaaaaaaaa")
+    mixed = dataclasses.replace(study, trials=trials)
+    with pytest.raises(UserError, match=r"holds runs of 2 evaluation protocols \(aaaaaaaaaaaa, bbbbbbbbbbbb: tag "
+                                        r"ldm.eval_protocol\).*allowed: one protocol, or --mixed-protocols"):
+        build_tables(mixed, ["fid_domain"])
+    overall = build_tables(mixed, ["fid_domain"], mixed_protocols=True)[0]
+    assert overall.data["protocol"].tolist() == ["a", "a", "a", "a", "b", "b"]
+    assert "Mixed evaluation protocols, not comparable across rows of different letters: a = aaaaaaaaaaaa; " \
+           "b = bbbbbbbbbbbb" in overall.caption
+    assert markdown_cells(to_markdown(overall))[0][:3] == ["f", "schedule", "protocol"]
+    single = dataclasses.replace(study, trials=trials.assign(**{"tags.ldm.eval_protocol": "aaaaaaaaaaaa"}))
+    assert "Evaluation protocol aaaaaaaaaaaa (ldm.eval_protocol)." in build_tables(single, ["fid_domain"])[0].caption
