@@ -137,8 +137,8 @@ def evaluation_note(study: StudyRuns, metrics: Sequence[str]) -> str:
 
 
 def default_metrics(study: StudyRuns) -> tuple[str, ...]:
-    """The objectives, FID, FD∞ and KID of the first extractor logged, PSNR and rate where a first-stage field was swept
-    and conditioning accuracy where the conditioning was: few enough columns for a table at text width."""
+    """The objectives, FID, FD∞ and KID of the first extractor logged, PSNR and rate where a first-stage field was
+    swept and conditioning accuracy where the conditioning was: few enough columns for a table at text width."""
     logged = set(study.metric_names())
     wanted = list(study.objectives)
     extractor = next((e for e in EXTRACTORS if f"fid_{e}" in logged), None)
