@@ -97,7 +97,8 @@ def evaluation_reference(data: DataConfig, evaluation: EvaluationConfig, workdir
 def extract(reference: ReferenceSet, extractor: LoadedExtractor, batch_size: int) -> torch.Tensor:
     """The FID/KID/PRC features of every reference image, batch by batch."""
     parts = []
-    with progress.board().stage(f"evaluation: reference features ({extractor.spec.name})", len(reference), unit="img") as bar:
+    title = f"evaluation: reference features ({extractor.spec.name})"
+    with progress.board().stage(title, len(reference), unit="img") as bar:
         for batch in reference.uint8_batches(batch_size):
             parts.append(extractor(batch)[extractor.layer])
             bar.advance(bar.completed + len(batch))

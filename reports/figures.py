@@ -193,7 +193,8 @@ def fid_vs_step(study: StudyRuns) -> Drawn:
     fid = fid_metric(study)
     finished = study.finished
     labels = configuration_of(finished, study.factors)
-    curves = [study.history(run_id, fid).assign(configuration=label) for run_id, label in zip(finished["run_id"], labels)]
+    curves = [study.history(run_id, fid).assign(configuration=label)
+              for run_id, label in zip(finished["run_id"], labels)]
     points = (pd.concat(curves, ignore_index=True) if curves
               else pd.DataFrame(columns=["step", "value", "configuration"]))
     if points["step"].nunique() < 2:
@@ -203,7 +204,8 @@ def fid_vs_step(study: StudyRuns) -> Drawn:
                  errorbar=t_errorbar, ax=ax)
     ax.set(xlabel="diffusion training step", ylabel=metric_header(fid))
     ax.legend(title=None, fontsize=7)
-    return Drawn(fig, f"Lines: mean over seeds per configuration; bands: {spread_note(study).removeprefix('error bars: ')}.")
+    bands = spread_note(study).removeprefix("error bars: ")
+    return Drawn(fig, f"Lines: mean over seeds per configuration; bands: {bands}.")
 
 
 def fid_vs_compute(study: StudyRuns) -> Drawn:
@@ -226,8 +228,8 @@ def fid_vs_compute(study: StudyRuns) -> Drawn:
         ax.legend(title=None, fontsize=7)
     budget, at_budget = equal_compute(curves, "pflops", hue_order(labels))
     if np.isfinite(budget) and at_budget["n"].gt(0).all():
-        compared = "; ".join(f"{r.configuration}: {r.fid:.3g}" + (f" ± {r.sd:.2g}" if r.n > 1 else "") + f" (n = {r.n})"
-                             for r in at_budget.itertuples())
+        compared = "; ".join(f"{r.configuration}: {r.fid:.3g}" + (f" ± {r.sd:.2g}" if r.n > 1 else "")
+                             + f" (n = {r.n})" for r in at_budget.itertuples())
         equal = (f"At equal compute, {budget:.3g} UNet training PFLOPs (dotted: the most every configuration "
                  f"reached), {metric_info(fid).label} is {compared}.")
     else:

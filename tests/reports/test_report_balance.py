@@ -34,7 +34,8 @@ def test_balanced_cells_are_averaged_per_seed():
     assert table.rows[0].runs == (("1-linear-0", "1-cosine-0"), ("1-linear-1", "1-cosine-1"))
     assert table.cells_left_out == () and table.seeds_left_out == 0
     overall = layout(runs([("1", "linear", 0), ("1", "linear", 1), ("2", "linear", 0)]), [F, S], [F, S])
-    assert [row.seeds for row in overall.rows] == [("0", "1"), ("0",)] and overall.note() == "Each row: the mean over its seeds"
+    assert [row.seeds for row in overall.rows] == [("0", "1"), ("0",)]
+    assert overall.note() == "Each row: the mean over its seeds"
 
 
 def test_the_design_names_factors_levels_seeds_and_any_cell_with_fewer_runs():

@@ -34,7 +34,8 @@ from sweeps.spec import MetricFormat, ReportSpec
 # Table name -> the fixture columns its rows group by (the other factors and the seeds are pooled).
 GROUPING = {"overall": ["f", "schedule"], "ablation_f": ["f"], "ablation_schedule": ["schedule"]}
 NUMBER = r"-?\d+(?:\.\d+)?"
-CELL = re.compile(rf"^(?P<bold>\*\*)?(?P<mean>{NUMBER})(?: ± (?P<half>{NUMBER}))?(?P<one_run>†)?(?:\*\*)?(?P<tie> ≈)?$")
+CELL = re.compile(rf"^(?P<bold>\*\*)?(?P<mean>{NUMBER})(?: ± (?P<half>{NUMBER}))?(?P<one_run>†)?(?:\*\*)?"
+                  r"(?P<tie> ≈)?$")
 COSTS = ("params_unet", "unet_gflops", "train_images_per_s", "sample_images_per_s", "train_hours")
 
 
