@@ -17,3 +17,4 @@ def test_the_report_flags_the_missing_point_captions_the_imbalance_bolds_nothing
     assert sentence.startswith("f: no significant difference on FID (domain) (p = ")
     assert sentence.endswith(", 2 and 3 seeds).") or sentence.endswith(", 3 and 2 seeds).")
     assert index.index("## Verdict") < index.index("## Overview") and sentence.replace("<", "\\<") in index
+    assert "- Design: f (2, 4); seeds 0, 1, 2; unbalanced: n = 3 per cell except f=4: n = 2." in index
