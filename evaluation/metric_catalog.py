@@ -65,11 +65,12 @@ def _generation(extractor: str) -> list[MetricInfo]:
         return MetricInfo(name.format(extractor), direction, f"{label} ({extractor})", extractor=extractor,
                           sampled=True, **fields)
 
-    kid_format = {"decimals": 3, "scale": KID_SCALE[extractor]}
+    kid_format = {"decimals": 2, "scale": KID_SCALE[extractor]}
     return [
-        *_interval(sampled("fid_{}", "minimize", "FID")),
+        # One decimal, as most papers print FID: a mean ± interval cell stays narrow enough for a column.
+        *_interval(sampled("fid_{}", "minimize", "FID", decimals=1)),
         # FID extrapolated to infinitely many samples (Chong & Forsyth 2020): comparable across sample counts.
-        *_interval(sampled("fdinf_{}", "minimize", "FD∞")),
+        *_interval(sampled("fdinf_{}", "minimize", "FD∞", decimals=1)),
         *_interval(sampled("kid_{}", "minimize", "KID", **kid_format)),
         sampled("kid_{}_std", "minimize", "KID std", objective=False, **kid_format),
         *_interval(sampled("precision_{}", "maximize", "Precision", decimals=3)),

@@ -226,14 +226,16 @@ def fid_vs_compute(study: StudyRuns) -> Drawn:
         ax.set(xscale="log", xlabel=axis.label, ylabel=metric_header(fid))
         ax.xaxis.set_minor_formatter(NullFormatter())  # log-scale minor labels collide
         ax.legend(title=None, fontsize=7)
-    budget, at_budget = equal_compute(curves, "pflops", hue_order(labels))
-    if np.isfinite(budget) and at_budget["n"].gt(0).all():
-        compared = "; ".join(f"{r.configuration}: {r.fid:.3g}" + (f" ± {r.sd:.2g}" if r.n > 1 else "")
-                             + f" (n = {r.n})" for r in at_budget.itertuples())
-        equal = (f"At equal compute, {budget:.3g} UNet training PFLOPs (dotted: the most every configuration "
-                 f"reached), {metric_info(fid).label} is {compared}.")
-    else:
-        equal = "The configurations share no range of compute, so none is compared at equal compute."
+    equal = "The configurations share no range of compute, so none is compared at equal compute."
+    # FLOPs first (what a device-hour buys varies), images seen last (the same for every configuration)
+    for axis in sorted(axes_drawn, key=lambda a: ("pflops", "device_hours", "images").index(a.column)):
+        budget, at_budget = equal_compute(curves, axis.column, hue_order(labels))
+        if np.isfinite(budget) and at_budget["n"].gt(0).all():
+            compared = "; ".join(f"{r.configuration}: {r.fid:.3g}" + (f" ± {r.sd:.2g}" if r.n > 1 else "")
+                                 + f" (n = {r.n})" for r in at_budget.itertuples())
+            equal = (f"At equal compute, {budget:.3g} {axis.label} (dotted: the most every configuration "
+                     f"reached), {metric_info(fid).label} is {compared}.")
+            break
     return Drawn(fig, f"One line per run (intermediate FIDs); training FLOPs = 3 x UNet forward FLOPs x images "
                       f"seen; device-hours spread the run's training time evenly over its steps. {equal}")
 

@@ -292,7 +292,7 @@ _LATEX_SPECIALS = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
     "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "↓": r"$\downarrow$", "↑": r"$\uparrow$",
     "×": r"$\times$", EMPTY_CELL: "--", WITHHELD_CELL: "---", ONE_RUN_MARK: r"\textsuperscript{\dag}",
-    TIE_MARK: r"$^{\approx}$",
+    TIE_MARK: r"$^{\approx}$", "∞": r"$\infty$", "<": r"$<$", ">": r"$>$",  # OT1 fonts print < as ¡
     **{sup: rf"\textsuperscript{{{digit}}}" for digit, sup in zip("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")}, "⁻": r"$^{-}$",
 }
 

@@ -17,7 +17,7 @@ def test_a_clear_difference_is_stated_with_its_size_interval_p_and_seeds(synthet
     finished = synthetic_store.finished
     per_seed = finished.groupby(["f", "seed"])["fid_domain"].mean().groupby("f").mean()  # cells averaged per seed
     gap = per_seed[1] - per_seed[8]
-    assert f_verdict.baseline == "8" and f_verdict.sentence.startswith(f"f = 8 beats f = 1 on FID (domain) by {gap:.2f} (95% CI ")
+    assert f_verdict.baseline == "8" and f_verdict.sentence.startswith(f"f = 8 beats f = 1 on FID (domain) by {gap:.1f} (95% CI ")
     assert ", p < 0.001, 2 seeds); f = 4 and f = 8: no significant difference (p = " in f_verdict.sentence
     (vs_one,) = [c for c in f_verdict.comparisons if c.arm == "1"]
     assert vs_one.difference == pytest.approx(gap) and vs_one.lo < gap < vs_one.hi
