@@ -32,9 +32,8 @@ class RowUnits:
 
 @dataclass(frozen=True)
 class Layout:
-    """The rows of a table over `row_factors`, in table order, and what their units leave out."""
+    """The rows of a table, in table order, and what their units leave out."""
 
-    row_factors: tuple[str, ...]
     rows: tuple[RowUnits, ...]
     cells_used: int
     cells_left_out: tuple[Key, ...]
@@ -56,7 +55,7 @@ class Layout:
         return text
 
 
-def values(finished: pd.DataFrame, params: Sequence[str]) -> pd.DataFrame:
+def _param_values(finished: pd.DataFrame, params: Sequence[str]) -> pd.DataFrame:
     return pd.DataFrame({p: column_or_missing(finished, param_column(p)).astype(str) for p in params},
                         index=finished.index)
 
@@ -64,7 +63,7 @@ def values(finished: pd.DataFrame, params: Sequence[str]) -> pd.DataFrame:
 def layout(finished: pd.DataFrame, factors: Sequence[str], row_factors: Sequence[str]) -> Layout:
     """The units of every row over `row_factors` (all `factors` for the overall table, one for an ablation)."""
     others = tuple(f for f in factors if f not in row_factors)
-    keys = values(finished, [*row_factors, *others, SEED_PARAM]).assign(run_id=finished["run_id"])
+    keys = _param_values(finished, [*row_factors, *others, SEED_PARAM]).assign(run_id=finished["run_id"])
     row_of = keys[list(row_factors)].apply(tuple, axis=1) if row_factors else pd.Series([()] * len(keys), keys.index)
     cell_of = keys[list(others)].apply(tuple, axis=1) if others else pd.Series([()] * len(keys), keys.index)
     order = sorted(set(row_of), key=lambda key: [ordered_values(keys[f]).index(v) for f, v in zip(row_factors, key)])
@@ -81,7 +80,7 @@ def layout(finished: pd.DataFrame, factors: Sequence[str], row_factors: Sequence
         rows.append(RowUnits(row, seeds_sorted, runs))
     left_out = tuple(sorted(set.union(*cells_by_row.values()) - shared)) if cells_by_row else ()
     in_shared_cells = int(cell_of.isin(shared).sum())
-    return Layout(tuple(row_factors), tuple(rows), len(shared), left_out, others, in_shared_cells - used)
+    return Layout(tuple(rows), len(shared), left_out, others, in_shared_cells - used)
 
 
 def design_note(factors: Sequence[str], levels: dict[str, Sequence[str]], counts: pd.DataFrame,
