@@ -146,7 +146,7 @@ class GenerationStream:
                                          kid_subset_size=kid_subset_size, seed=evaluation.seed)
                 report.update(points)
                 if bar is not None:
-                    bar.advance(bar.completed + 1)
+                    bar.add()
                 intervals = interval_scores(features, scored.reference, scored.frechet, scored.extractor, points,
                                             metrics=scorer.metrics, kid_subset_size=kid_subset_size,
                                             seed=evaluation.seed, replicates=scorer.replicates)
@@ -154,7 +154,7 @@ class GenerationStream:
                 replicates.update(intervals.replicates)
                 notes.extend(intervals.notes)
                 if bar is not None:
-                    bar.advance(bar.completed + 1)
+                    bar.add()
         report[META_KEY] = {
             "num_samples": count, "num_reference": num_reference, "reference": scorer.reference_name,
             "seed": evaluation.seed, "kid_subset_size": kid_subset_size,

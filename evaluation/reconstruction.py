@@ -28,7 +28,7 @@ def reconstruct(first_stage: FirstStage, batches: list[torch.Tensor]) -> torch.T
         for images in batches:
             x = first_stage.on_device(images)
             outputs.append(to_uint8_rgb(first_stage.decode(first_stage.encode(x).mode())))
-            bar.advance(bar.completed + len(images))
+            bar.add(len(images))
     return torch.cat(outputs)
 
 

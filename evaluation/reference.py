@@ -101,7 +101,7 @@ def extract(reference: ReferenceSet, extractor: LoadedExtractor, batch_size: int
     with progress.board().stage(title, len(reference), unit="img") as bar:
         for batch in reference.uint8_batches(batch_size):
             parts.append(extractor(batch)[extractor.layer])
-            bar.advance(bar.completed + len(batch))
+            bar.add(len(batch))
     return torch.cat(parts)
 
 

@@ -114,6 +114,10 @@ class StageBar:
         if self.task is not None and self.board.bars is not None:
             self.board.bars.update(self.task, completed=completed)
 
+    def add(self, count: int = 1) -> None:
+        """Advance by `count` steps (or images, for a stage counted in images)."""
+        self.advance(self.completed + count)
+
     def report(self, completed: int, status: str) -> None:
         self.advance(completed)
         if self.task is not None and self.board.bars is not None:
@@ -137,7 +141,6 @@ class Board:
         self.prefix = prefix
         self.trial_line: TrialLine | None = None
         self.bars: _BoardProgress | None = None
-        self._open_stages = 0
 
     @property
     def live(self) -> bool:

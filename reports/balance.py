@@ -29,6 +29,10 @@ class RowUnits:
     seeds: tuple[str, ...]
     runs: tuple[tuple[str, ...], ...]
 
+    @property
+    def all_runs(self) -> tuple[str, ...]:
+        return tuple(r for unit in self.runs for r in unit)
+
 
 @dataclass(frozen=True)
 class Layout:

@@ -17,6 +17,7 @@ from ldm.io import atomic_write_text
 from reports import index
 from reports.figures import FigureFiles, SkippedFigure, make_figures
 from reports.protocols import check_protocols
+from reports.rows import RunNumbers
 from reports.runs import StudyRuns, TrialState, load_study
 from reports.tables import Table, build_tables, table_metrics, to_csv, to_latex, to_markdown
 from reports.verdict import verdicts
@@ -75,7 +76,8 @@ def check_table_style(style: str | None) -> TableStyle | None:
 def _write_report(study: StudyRuns, folder: Path, formats: frozenset[str], metrics: Sequence[str],
                   style: TableStyle, mixed_protocols: bool) -> ReportSummary:
     """Write every file of the report under `folder`; index.md always, index.html when asked for."""
-    tables = build_tables(study, metrics, mixed_protocols)
+    numbers = RunNumbers(study)  # each run's bootstrap replicates downloaded once, for the tables and the verdict
+    tables = build_tables(study, metrics, mixed_protocols, numbers)
     written: list[tuple[Table, list[Path]]] = []
     for table in tables:
         paths = []
@@ -85,7 +87,7 @@ def _write_report(study: StudyRuns, folder: Path, formats: frozenset[str], metri
                 atomic_write_text(paths[-1], render(table))
         written.append((table, paths))
     figures = make_figures(study, folder / "figures")
-    found = verdicts(study, tables[0].metrics)
+    found = verdicts(study, tables[0].metrics, numbers)
     doc = index.index_document(study, written, figures, folder, datetime.now(UTC), found)
     atomic_write_text(folder / "index.md", index.render_markdown(doc))
     html_index = folder / "index.html" if "html" in formats else None

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from reports.runs import StudyRuns, column_or_missing, param_column
+from reports.runs import StudyRuns, column_or_missing, metric_column, param_column
 
 BACKWARD_FACTOR = 3.0  # training FLOPs per image = forward + backward (about twice the forward)
 
@@ -41,7 +41,7 @@ def compute_curves(study: StudyRuns, fid: str, configurations: pd.Series) -> pd.
     finished = study.finished
     numbers = {name: pd.to_numeric(column_or_missing(finished, column), errors="coerce") for name, column in {
         "batch": param_column("training.diffusion.batch_size"), "steps": param_column("training.diffusion.steps"),
-        "gflops": "metrics.unet_gflops", "hours": "metrics.train_hours"}.items()}
+        "gflops": metric_column("unet_gflops"), "hours": metric_column("train_hours")}.items()}
     parts = []
     for index, run_id in finished["run_id"].items():
         history = study.history(run_id, fid)

@@ -33,10 +33,8 @@ from reports.runs import (
 from reports.statistics import t_interval
 from reports.tables import EXTRACTORS, aggregate, metric_header
 
-F_PARAM = "autoencoder.f"
 SCHEDULE_PARAM = "diffusion.schedule"
 PREDICTION_PARAM = "diffusion.prediction"
-CONDITIONING_PARAM = "diffusion.conditioning"
 SAMPLES_ARTIFACT = "samples.png"
 PNG_DPI = 120
 
@@ -135,11 +133,6 @@ def t_errorbar(values: pd.Series) -> tuple[float, float]:
     return interval.mean - half, interval.mean + half
 
 
-def is_identity(runs: pd.DataFrame) -> pd.Series:
-    """Runs whose first stage is the identity (f = 1): their PSNR, rate and rFID mark it, they measure nothing."""
-    return param_values(runs, F_PARAM) == "1"
-
-
 def variant_points(study: StudyRuns, kind: str, metrics: set[str]) -> pd.DataFrame:
     """Mean over finished runs per (configuration, variant value) of the `<kind><value>/<metric>` metrics."""
     finished = study.finished
@@ -216,21 +209,24 @@ def fid_vs_compute(study: StudyRuns) -> Drawn:
     if curves.empty or curves.groupby("run_id")["step"].nunique().max() < 2:
         raise MissingData(f"{fid} was logged at fewer than two steps (set evaluation.fid_every)")
     axes_drawn = [a for a in COMPUTE_AXES if curves[a.column].notna().any()]
+    # Per axis: the most compute every configuration reached, where each has a run to read there.
+    matched = {a.column: found for a in axes_drawn
+               if np.isfinite((found := equal_compute(curves, a.column, hue_order(labels)))[0])
+               and found[1]["n"].gt(0).all()}
     fig, axes = _panels(len(axes_drawn))
     for ax, axis in zip(axes, axes_drawn):
         sns.lineplot(curves, x=axis.column, y="fid", hue="configuration", hue_order=hue_order(labels),
                      units="run_id", estimator=None, marker="o", ax=ax)
-        budget, at_budget = equal_compute(curves, axis.column, hue_order(labels))
-        if np.isfinite(budget) and at_budget["n"].gt(0).all():
-            ax.axvline(budget, color="k", linestyle=":", linewidth=1)
+        if axis.column in matched:
+            ax.axvline(matched[axis.column][0], color="k", linestyle=":", linewidth=1)
         ax.set(xscale="log", xlabel=axis.label, ylabel=metric_header(fid))
         ax.xaxis.set_minor_formatter(NullFormatter())  # log-scale minor labels collide
         ax.legend(title=None, fontsize=7)
     equal = "The configurations share no range of compute, so none is compared at equal compute."
     # FLOPs first (what a device-hour buys varies), images seen last (the same for every configuration)
     for axis in sorted(axes_drawn, key=lambda a: ("pflops", "device_hours", "images").index(a.column)):
-        budget, at_budget = equal_compute(curves, axis.column, hue_order(labels))
-        if np.isfinite(budget) and at_budget["n"].gt(0).all():
+        if axis.column in matched:
+            budget, at_budget = matched[axis.column]
             compared = "; ".join(f"{r.configuration}: {r.fid:.3g}" + (f" ± {r.sd:.2g}" if r.n > 1 else "")
                                  + f" (n = {r.n})" for r in at_budget.itertuples())
             equal = (f"At equal compute, {budget:.3g} {axis.label} (dotted: the most every configuration "
@@ -264,7 +260,7 @@ def rate_distortion(study: StudyRuns) -> Drawn:
     _require_swept(study, RATE_FACTORS)
     fid = logged_fid(study)
     pairs = [("bpp", "psnr"), *([("bpp", fid)] if fid else [])]
-    measured = study.finished[~is_identity(study.finished)]
+    measured = study.finished[~study.identity_first_stage()]
     data = aggregate(measured, study.factors, sorted({m for pair in pairs for m in pair}))
     data["configuration"] = [configuration_label({f: str(row[f]) for f in study.factors}) for _, row in data.iterrows()]
     drawable = [(x, y) for x, y in pairs if data[[f"{x}_mean", f"{y}_mean"]].notna().all(axis=1).any()]
@@ -284,7 +280,7 @@ def rate_distortion(study: StudyRuns) -> Drawn:
         ax.legend(fontsize=7)
         ax.set(xlabel=metric_header(x), ylabel=metric_header(y), title=f"{metric_info(y).label} vs rate")
     left_out = " f = 1 (the identity first stage) is not drawn: it has no rate or distortion to measure." \
-        if is_identity(study.finished).any() else ""
+        if study.identity_first_stage().any() else ""
     return Drawn(fig, f"Points: means over seeds per configuration; dashed: the Pareto front.{left_out}")
 
 
@@ -333,8 +329,9 @@ def metric_vs_factor(study: StudyRuns, factor: str, metrics: Sequence[str]) -> D
     finished = study.finished
     others = [f for f in study.factors if f != factor]
     data = pd.DataFrame({"level": param_values(finished, factor), "configuration": configuration_of(finished, others),
-                         "identity": is_identity(finished), **{m: study.metric(m) for m in metrics}})
-    shown = {m: data[~data["identity"]] if sentinel_of_identity(m) else data for m in metrics}
+                         "identity": study.identity_first_stage(), **{m: study.metric(m) for m in metrics}})
+    # The identity first stage's fixed values (PSNR 100, the raw rate, rFID 0) only mark it: not drawn for f = 1.
+    shown = {m: data[~data["identity"]] if metric_info(m).fixed_at_identity else data for m in metrics}
     drawable = [m for m in metrics if shown[m][m].notna().any()]
     if not drawable:
         raise MissingData(f"no finished trial logged {', '.join(metrics)}")
@@ -349,12 +346,6 @@ def metric_vs_factor(study: StudyRuns, factor: str, metrics: Sequence[str]) -> D
     return Drawn(fig, f"Points: means over seeds per configuration; {spread_note(study)}.")
 
 
-def sentinel_of_identity(metric: str) -> bool:
-    """Metrics the identity first stage only marks (PSNR 100, the raw rate, rFID 0): not drawn for f = 1."""
-    return metric.rsplit("/", 1)[-1] in IDENTITY_SENTINELS
-
-
-IDENTITY_SENTINELS = frozenset({"psnr", "ssim", "mse", "bpp", "latent_ratio", *(f"rfid_{e}" for e in EXTRACTORS)})
 GRID_TITLE_PT = 10
 MIN_GRID_INCHES = 3.0
 

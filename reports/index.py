@@ -16,7 +16,6 @@ from evaluation.metric_catalog import CATALOG, metric_label
 from ldm.tracking import Tag
 from reports import tables as tbl
 from reports.figures import FigureFiles, FigureResult, SkippedFigure
-from reports.balance import design_note
 from reports.design import SEED_PARAM
 from reports.verdict import FactorVerdict
 from reports.runs import (
@@ -116,7 +115,7 @@ def _overview(study: StudyRuns, generated: datetime) -> Section:
         f"{', '.join(f'{n} {state}' for state, n in counts.items() if n or state == 'finished')} trials; "
         "only finished trials enter tables and figures, one per configuration and seed",
         f"Swept factors: {'; '.join(factors) or 'none (one configuration)'}",
-        design_note(study.factors, study.levels, tbl.aggregate(study.finished, study.factors, ()), study.grid_seeds),
+        tbl.study_design_note(study),
     )),))
 
 

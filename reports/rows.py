@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +21,7 @@ import pandas as pd
 from evaluation.intervals import BOOTSTRAP_ARTIFACT_DIR, BOOTSTRAP_FILE
 from evaluation.metric_catalog import metric_info
 from reports.balance import Layout, RowUnits
-from reports.runs import StudyRuns
+from reports.runs import StudyRuns, metric_column
 from reports.statistics import Comparison, adjust_holm, paired_comparison, t_interval
 
 ALPHA = 0.05
@@ -45,7 +45,7 @@ class RunNumbers:
         self._replicates: dict[str, dict[str, list[float]]] = {}
 
     def value(self, run_id: str, metric: str) -> float:
-        return float(pd.to_numeric(self.by_run.get(f"metrics.{metric}", pd.Series(dtype=float)).get(run_id),
+        return float(pd.to_numeric(self.by_run.get(metric_column(metric), pd.Series(dtype=float)).get(run_id),
                                    errors="coerce"))
 
     def replicates(self, run_id: str) -> dict[str, list[float]]:
@@ -56,10 +56,10 @@ class RunNumbers:
         return self._replicates[run_id]
 
 
-def arm(row: RowUnits, metric: str, numbers: RunNumbers, masked: Mapping[str, bool]) -> Arm | None:
+def arm(row: RowUnits, metric: str, numbers: RunNumbers, masked: Collection[str]) -> Arm | None:
     """The row's units for `metric` (a unit averages its runs); None when no unit has a value. Runs in `masked`
     (the identity first stage's fixed values) have none."""
-    units = [[r for r in runs if not masked.get(r, False)] for runs in row.runs]
+    units = [[r for r in runs if r not in masked] for runs in row.runs]
     values = [np.mean([numbers.value(r, metric) for r in runs]) if runs else np.nan for runs in units]
     kept = [i for i, v in enumerate(values) if np.isfinite(v)]
     if not kept:
@@ -88,9 +88,8 @@ def cell(found: Arm | None, row: RowUnits, metric: str, numbers: RunNumbers) -> 
     interval = t_interval(found.values)
     if interval.half_width is not None:
         return Cell(interval.mean, interval.half_width, "t", interval.n)
-    runs = [r for unit in row.runs for r in unit]
-    if len(runs) == 1:
-        lo, hi = (numbers.value(runs[0], f"{metric}_{end}") for end in ("lo", "hi"))
+    if len(row.all_runs) == 1:
+        lo, hi = (numbers.value(row.all_runs[0], f"{metric}_{end}") for end in ("lo", "hi"))
         if np.isfinite(lo) and np.isfinite(hi):
             return Cell(interval.mean, (hi - lo) / 2, "bootstrap", 1)
     return Cell(interval.mean, None, "", interval.n)

@@ -172,6 +172,10 @@ class StudyRuns:
         """The final value of a metric per finished trial (NaN where a trial did not log it)."""
         return pd.to_numeric(column_or_missing(self.finished, metric_column(name)), errors="coerce")
 
+    def identity_run_ids(self) -> frozenset[str]:
+        """The finished trials that ran on the identity first stage, by run id."""
+        return frozenset(self.finished.loc[self.identity_first_stage(), "run_id"])
+
     def identity_first_stage(self) -> pd.Series:
         """Per finished trial, whether it ran on the identity first stage (f = 1), by its logged config."""
         return column_or_missing(self.finished, param_column("autoencoder.f")) == IDENTITY_F

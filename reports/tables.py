@@ -173,24 +173,28 @@ def identity_note(study: StudyRuns, metrics: Sequence[str]) -> tuple[str, ...]:
     return (IDENTITY_NOTE.format(metrics=", ".join(dict.fromkeys(fixed))),)
 
 
-def build_tables(study: StudyRuns, metrics: Sequence[str] | None = None, mixed_protocols: bool = False
-                 ) -> list[Table]:
+def study_design_note(study: StudyRuns) -> str:
+    """The design in words (`reports.balance.design_note`) from the study's finished runs per configuration."""
+    return design_note(study.factors, study.levels, aggregate(study.finished, study.factors, ()), study.grid_seeds)
+
+
+def build_tables(study: StudyRuns, metrics: Sequence[str] | None = None, mixed_protocols: bool = False,
+                 numbers: RunNumbers | None = None) -> list[Table]:
     """The overall table (rows = configurations) and one ablation table per swept factor.
 
     `metrics` are the columns (default `table_metrics(study)`). Values the identity first stage fixes by
-    construction are left out of the means: a row of only f = 1 runs shows them as withheld.
+    construction are left out of the means: a row of only f = 1 runs shows them as withheld. `numbers` reads the
+    runs' values and bootstrap replicates (one is made when not given; a report shares one with its verdict).
     """
     columns = table_metrics(study) if metrics is None else tuple(metrics)
-    identity = dict(zip(study.finished["run_id"], study.identity_first_stage()))
+    identity = study.identity_run_ids()
     formats = {m: number_format(m, study.report.formats) for m in columns}
     notes = identity_note(study, columns)
-    caption_note = evaluation_note(study, columns)
-    numbers = RunNumbers(study)
+    numbers = numbers or RunNumbers(study)
     protocols = check_protocols(study, mixed_protocols)
     mixed = len(set(protocols.values())) > 1
-    caption_note = f"{caption_note} {protocol_note(protocols)}".rstrip()
-    design = design_note(study.factors, study.levels,
-                         aggregate(study.finished, study.factors, ()), study.grid_seeds)
+    caption_note = f"{evaluation_note(study, columns)} {protocol_note(protocols)}".rstrip()
+    design = study_design_note(study)
 
     def table(name: str, title: str, caption: str, row_factors: tuple[str, ...]) -> Table:
         rows = layout(study.finished, study.factors, row_factors)
@@ -198,7 +202,7 @@ def build_tables(study: StudyRuns, metrics: Sequence[str] | None = None, mixed_p
         data = pd.DataFrame({f: [row.key[i] for row in rows.rows] for i, f in enumerate(row_factors)})
         marks: dict[str, list[Mark]] = {}
         for m in columns:
-            masked = identity if metric_info(m).fixed_at_identity else {}
+            masked = identity if metric_info(m).fixed_at_identity else frozenset()
             arms = {i: a for i, row in enumerate(rows.rows) if (a := arm(row, m, numbers, masked)) is not None}
             cells = [cell(arms.get(i), row, m, numbers) for i, row in enumerate(rows.rows)]
             data[f"{m}_mean"] = [c.mean for c in cells]
@@ -211,10 +215,9 @@ def build_tables(study: StudyRuns, metrics: Sequence[str] | None = None, mixed_p
         labels_columns = row_factors
         if mixed:  # rows of different letters are not comparable: say which is which
             data.insert(len(row_factors), PROTOCOL_COLUMN,
-                        row_protocols(protocols, [[r for unit in row.runs for r in unit] for row in rows.rows]))
+                        row_protocols(protocols, [row.all_runs for row in rows.rows]))
             labels_columns = (*row_factors, PROTOCOL_COLUMN)
-        identity_rows = pd.Series([bool(runs) and all(identity.get(r, False) for r in runs)
-                                   for runs in ([r for unit in row.runs for r in unit] for row in rows.rows)])
+        identity_rows = pd.Series([bool(row.all_runs) and identity.issuperset(row.all_runs) for row in rows.rows])
         return Table(name, title, f"{caption} {design} {rows.note()}. {caption_note}", labels_columns, columns,
                      data, formats, identity_rows, marks, notes)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from evaluation.metric_catalog import metric_info, metric_label
 from reports.balance import layout
-from reports.rows import ALPHA, RunNumbers, arm, compare_to
+from reports.rows import ALPHA, RunNumbers, arm, compare_to, row_labels
 from reports.runs import StudyRuns, factor_label
 from reports.statistics import Comparison
 
@@ -50,9 +50,8 @@ def clause(c: Comparison, factor: str, metric: str, fmt: str) -> str:
 def factor_verdict(study: StudyRuns, factor: str, metric: str, numbers: RunNumbers) -> FactorVerdict | None:
     """The factor's levels against its baseline on `metric`; None with fewer than two levels measured."""
     rows = layout(study.finished, study.factors, (factor,))
-    labels = [row.key[0] for row in rows.rows]
-    identity = dict(zip(study.finished["run_id"], study.identity_first_stage()))
-    masked = identity if metric_info(metric).fixed_at_identity else {}
+    labels = row_labels(rows)
+    masked = study.identity_run_ids() if metric_info(metric).fixed_at_identity else frozenset()
     arms = {i: a for i, row in enumerate(rows.rows) if (a := arm(row, metric, numbers, masked)) is not None}
     if len(arms) < 2:
         return None
@@ -84,10 +83,10 @@ def verdict_metric(study: StudyRuns, columns: Sequence[str]) -> str | None:
     return next((m for m in (*study.objectives, *columns) if m in logged), None)
 
 
-def verdicts(study: StudyRuns, columns: Sequence[str]) -> list[FactorVerdict]:
+def verdicts(study: StudyRuns, columns: Sequence[str], numbers: RunNumbers | None = None) -> list[FactorVerdict]:
     metric = verdict_metric(study, columns)
     if metric is None:
         return []
-    numbers = RunNumbers(study)
+    numbers = numbers or RunNumbers(study)
     found = (factor_verdict(study, f, metric, numbers) for f in study.factors)
     return [v for v in found if v is not None]

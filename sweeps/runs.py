@@ -69,14 +69,13 @@ def open_study_tracking(tracking_uri: str, workdir: Path, spec: SweepSpec, spec_
 # The MLflow UI's saved runs views are experiment tags under this prefix, opened by `?viewStateShareKey=<key>`.
 SHARED_VIEW_TAG_PREFIX = "mlflow.sharedViewState."
 RUNS_VIEW_KEY = "ldm-trials"
-SWEPT_COLUMN_PX = 190
 
 
 def runs_view_state(spec: SweepSpec) -> dict[str, object]:
     """The runs table a study opens on: its trials, one column per swept value and objective, best first."""
     swept = [f"params.`{SWEPT_PARAM_PREFIX}{path}`" for path, param in spec.space.items() if param.varies()]
     objectives = [f"metrics.`{o.metric}`" for o in spec.objectives]
-    return {"selectedColumns": [*swept, *objectives], "columnWidths": dict.fromkeys(swept, SWEPT_COLUMN_PX),
+    return {"selectedColumns": [*swept, *objectives],
             "orderByKey": objectives[0], "orderByAsc": spec.objectives[0].direction == "minimize",
             "searchFilter": f"tags.`{Tag.ROLE}` = '{Role.TRIAL}'", "runsHiddenMode": "SHOW_ALL"}
 

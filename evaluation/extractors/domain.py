@@ -155,7 +155,7 @@ def _fit(model: DomainClassifier, loader: DataLoader, optimizer: torch.optim.Opt
                 loss.backward()
                 optimizer.step()
                 schedule.step()
-                bar.advance(bar.completed + 1)
+                bar.add()
 
 
 def resolve_domain(data: DataConfig, workdir: Path) -> FidelityExtractor:
